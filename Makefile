@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then generate a video from a bundled photo
+#   make test   set up, then run the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CHECKPOINT ?=
+OUT ?= outputs/demo.mp4
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: 2.13.0 is the local CPU wheel; an unpinned torch would fetch a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	@if [ -z "$(CHECKPOINT)" ]; then \
+	  echo "No CHECKPOINT given: running the whole pipeline on a tiny random-weight model (its video is noise)."; \
+	  echo "For a real video: make demo CHECKPOINT=/path/to/svd_xt.safetensors"; \
+	  test -f outputs/tiny-random.safetensors || $(VENV)/bin/kinetograph init outputs/tiny-random.safetensors --preset tiny; \
+	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --prompt "the camera pans left" \
+	    --checkpoint outputs/tiny-random.safetensors --height 256 --width 256 --frames 14 -o $(OUT); \
+	else \
+	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --checkpoint "$(CHECKPOINT)" -o $(OUT) \
+	    --height 576 --width 1024; \
+	fi
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,210 @@
+"""The `kinetograph` command line: generate, convert, inspect.
+
+Users see one-line errors, never a traceback: exit 2 for bad input or arguments, 1 for failures
+at run time (set KINETOGRAPH_DEBUG=1 to see the traceback of an unexpected error).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kinetograph.errors import InputError, KinetographError
+
+app = typer.Typer(
+    name="kinetograph",
+    help="Image (+ text) to video with Stable Video Diffusion.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise InputError(f"unknown --dtype {name!r}; choose float32, bfloat16 or float16")
+    return getattr(torch, DTYPES[name])
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return name
+
+
+@app.command()
+def generate(
+    image: Annotated[Path, typer.Argument(help="Input image (any common format).")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Text prompt (text-conditioned checkpoints).")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="Official .safetensors file or diffusers folder.")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help=".mp4, .gif, .webp, or a folder for PNG frames.")] = Path(
+        "outputs/video.mp4"
+    ),
+    frames: Annotated[int | None, typer.Option("--frames", help="Number of frames (preset default: 14 or 25).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
+    height: Annotated[int | None, typer.Option("--height", help="Output height, a multiple of 64.")] = None,
+    width: Annotated[int | None, typer.Option("--width", help="Output width, a multiple of 64.")] = None,
+    fps: Annotated[int | None, typer.Option("--fps", help="Frame rate; conditions the model (fps_id = fps - 1).")] = None,
+    motion_bucket_id: Annotated[int | None, typer.Option("--motion-bucket-id", help="Amount of motion, 0..255.")] = None,
+    noise_aug: Annotated[float | None, typer.Option("--noise-aug", help="Noise augmentation of the input frame.")] = None,
+    min_guidance: Annotated[float | None, typer.Option("--min-guidance", help="Guidance scale of the first frame.")] = None,
+    max_guidance: Annotated[float | None, typer.Option("--max-guidance", help="Guidance scale of the last frame.")] = None,
+    guidance_ramp: Annotated[str, typer.Option("--guidance-ramp", help="linear or triangle.")] = "linear",
+    decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun or dpmpp_2m.")] = "euler",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 23,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 (UNet and CLIP).")] = "float32",
+    preset: Annotated[str | None, typer.Option("--preset", help="Sampling defaults: svd, svd_xt, svd_xt_1_1, ...")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/.pt/.bin (weights only).")] = False,
+) -> None:
+    """Generate a video from IMAGE."""
+    if checkpoint is None:
+        raise InputError(
+            "no --checkpoint given and no default model is bundled yet; pass --checkpoint PATH "
+            "(an official svd*.safetensors file or a diffusers folder)"
+        )
+    if not image.is_file():
+        raise InputError(f"image not found: {image}")
+    _check_output(output)
+    from tqdm import tqdm
+
+    from kinetograph.pipeline.image_to_video import ImageToVideo
+
+    dev = _device(device)
+    t0 = time.perf_counter()
+    pipe = ImageToVideo.from_checkpoint(checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle)
+    typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
+    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr)
+
+    def progress(step: int, total: int) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        video = pipe(
+            image,
+            prompt,
+            height=height,
+            width=width,
+            num_frames=frames,
+            num_inference_steps=steps,
+            min_guidance_scale=min_guidance,
+            max_guidance_scale=max_guidance,
+            fps=fps,
+            motion_bucket_id=motion_bucket_id,
+            noise_aug_strength=noise_aug,
+            decode_chunk_size=decode_chunk,
+            seed=seed,
+            sampler=sampler,
+            guidance_ramp=guidance_ramp,
+            callback=progress,
+        )
+    bar.close()
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    path = video.save(output)
+    t, h, w_, _ = video.frames.shape
+    typer.echo(f"wrote {path} ({t} frames, {w_}x{h}, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
+
+
+def _check_output(output: Path) -> None:
+    from kinetograph.io.video import SUPPORTED_SUFFIXES
+
+    suffix = output.suffix.lower()
+    if suffix and suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(f"unsupported output {output.name}; use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder")
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Checkpoint to convert (file or diffusers folder).")],
+    dst: Annotated[Path, typer.Argument(help="Output: a .safetensors file (original) or a folder (diffusers).")],
+    to: Annotated[str, typer.Option("--to", help="diffusers or original.")],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/.pt/.bin (weights only).")] = False,
+) -> None:
+    """Convert a checkpoint between the official single-file layout and the diffusers folder layout."""
+    from kinetograph.io.checkpoint import convert as run_convert
+
+    path = run_convert(src, dst, to, allow_pickle=allow_pickle)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def init(
+    output: Annotated[Path, typer.Argument(help="Output .safetensors file (official layout).")],
+    preset: Annotated[str, typer.Option("--preset", help="Architecture: tiny, svd, svd_image_decoder, ...")] = "tiny",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the initialisation.")] = 0,
+) -> None:
+    """Write a randomly initialised checkpoint of a preset (smoke runs, benchmarks, training from scratch)."""
+    import torch
+
+    from kinetograph.io.checkpoint import save_original
+    from kinetograph.models.svd import SVD
+    from kinetograph.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if output.suffix != ".safetensors":
+        raise InputError(f"{output}: name the output *.safetensors")
+    torch.manual_seed(seed)
+    path = save_original(SVD(PRESETS[preset].model), output, preset)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or diffusers folder.")]) -> None:
+    """Print a checkpoint's layout, preset and parameter counts."""
+    from kinetograph.io.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, dtype=None)
+    typer.echo(f"layout: {loaded.layout}\npreset: {loaded.preset.name}")
+    for name in ("unet", "vae", "image_encoder"):
+        n = sum(p.numel() for p in getattr(loaded.model, name).parameters())
+        typer.echo(f"{name}: {n:,} parameters")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning our errors into one line and an exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except KinetographError as e:
+        typer.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if os.environ.get("KINETOGRAPH_DEBUG"):
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (set KINETOGRAPH_DEBUG=1 for details)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Dense optical flow between consecutive frames (OpenCV Farneback) and where it can be trusted.
+
+Convention: a flow field `f` from frame a to frame b, shape (h, w, 2), holds (dx, dy) in pixels
+such that the content at (x, y) in a is found at (x + dx, y + dy) in b; x grows rightwards and
+y downwards. A pixel is trusted ("valid") when the forward and backward flows agree (the
+forward-backward consistency test of Sundaram et al. 2010) and its match lands inside the
+frame: this removes occluded and newly revealed content, e.g. the strip a pan brings in.
+
+Flow is computed on frames downscaled so their longer side is at most `FlowConfig.max_side`
+(cost); `VideoFlow.scale` converts flow-grid pixels to output pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kinetograph.eval.clips import check_video, luminance
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    max_side: int = 512  # frames are downscaled (area) to this longer side before flow
+    winsize: int = 15  # Farneback averaging window
+    iterations: int = 3  # Farneback iterations per pyramid level
+    poly_n: int = 5  # pixel neighbourhood of the polynomial expansion
+    poly_sigma: float = 1.1  # Gaussian sigma of that neighbourhood (1.1 goes with poly_n=5)
+    coarsest_side: int = 24  # pyramid levels are added while the coarsest level keeps this size
+    fb_alpha: float = 0.01  # consistency: |f + b|^2 < alpha (|f|^2 + |b|^2) + beta
+    fb_beta: float = 0.5
+
+
+@dataclass(frozen=True)
+class PairFlow:
+    """Flows between frames t and t+1, on the flow grid (h, w)."""
+
+    forward: np.ndarray  # (h, w, 2) t -> t+1
+    backward: np.ndarray  # (h, w, 2) t+1 -> t
+    forward_valid: np.ndarray  # (h, w) bool on frame t's grid
+    backward_valid: np.ndarray  # (h, w) bool on frame t+1's grid
+
+
+@dataclass(frozen=True)
+class VideoFlow:
+    frames: np.ndarray  # (t, h, w, 3) uint8, the video at flow resolution
+    pairs: list[PairFlow]  # t - 1 pairs
+    scale: float  # output pixels per flow-grid pixel (>= 1)
+
+
+def pyramid_levels(min_side: int, cfg: FlowConfig) -> int:
+    """Number of Farneback pyramid levels (the finest counts as level 0)."""
+    return max(0, int(math.floor(math.log2(max(min_side, 1) / cfg.coarsest_side)))) + 1
+
+
+def farneback(prev: np.ndarray, nxt: np.ndarray, cfg: FlowConfig = FlowConfig()) -> np.ndarray:
+    """Flow (h, w, 2) from gray float/uint8 image `prev` to `nxt`."""
+    prev8 = np.clip(prev, 0, 255).astype(np.uint8)
+    next8 = np.clip(nxt, 0, 255).astype(np.uint8)
+    levels = pyramid_levels(min(prev8.shape), cfg)
+    flow = cv2.calcOpticalFlowFarneback(
+        prev8, next8, None, 0.5, levels, cfg.winsize, cfg.iterations, cfg.poly_n, cfg.poly_sigma, 0
+    )
+    return flow.astype(np.float32)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """`image` looked up at (x + dx, y + dy) for every grid pixel (bilinear, edge-replicated).
+
+    With `flow` from frame a to frame b and `image` = frame b this warps b onto a's grid.
+    """
+    h, w = flow.shape[:2]
+    xs, ys = _grid(h, w)
+    return cv2.remap(
+        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def consistent(flow_ab: np.ndarray, flow_ba: np.ndarray, cfg: FlowConfig = FlowConfig()) -> np.ndarray:
+    """Bool (h, w) on a's grid: the match lands inside b and b's flow leads back (Sundaram 2010)."""
+    h, w = flow_ab.shape[:2]
+    xs, ys = _grid(h, w)
+    x2, y2 = xs + flow_ab[..., 0], ys + flow_ab[..., 1]
+    inside = (x2 >= 0) & (x2 <= w - 1) & (y2 >= 0) & (y2 <= h - 1)
+    back = sample(flow_ba, flow_ab)  # b's flow at the matched point
+    round_trip = np.sum((flow_ab + back) ** 2, axis=-1)
+    tolerance = cfg.fb_alpha * (np.sum(flow_ab**2, axis=-1) + np.sum(back**2, axis=-1)) + cfg.fb_beta
+    return inside & (round_trip < tolerance)
+
+
+def downscale(video: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The video resized (area) so its longer side is at most `max_side`, and the scale factor."""
+    t, h, w, _ = video.shape
+    scale = max(h, w) / max_side
+    if scale <= 1:
+        return video, 1.0
+    size = (max(1, round(w / scale)), max(1, round(h / scale)))
+    small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in video])
+    return small, w / size[0]
+
+
+def video_flow(video: np.ndarray, cfg: FlowConfig = FlowConfig()) -> VideoFlow:
+    """Forward and backward flow with validity masks for every consecutive frame pair.
+
+    Two Farneback calls per pair; compute once and pass the result to every flow-based metric.
+    """
+    check_video(video, min_frames=2)
+    frames, scale = downscale(video, cfg.max_side)
+    gray = luminance(frames)  # (t, h, w)
+    pairs = []
+    for a, b in zip(gray[:-1], gray[1:]):
+        fwd, bwd = farneback(a, b, cfg), farneback(b, a, cfg)
+        pairs.append(PairFlow(fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg)))
+    return VideoFlow(frames=frames, pairs=pairs, scale=scale)

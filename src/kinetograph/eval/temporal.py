@@ -1,0 +1,60 @@
+"""Temporal consistency: flicker and flow-warping error.
+
+Flicker looks at whole-frame statistics that should change slowly in a clean video: mean
+luminance (global brightness pumping) and high-frequency energy (detail that appears and
+vanishes, "boiling" texture). Warping error (Lai et al. 2018, "Learning Blind Video Temporal
+Consistency") predicts frame t+1 by warping frame t along the optical flow and measures what
+the motion does not explain, ignoring occluded pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kinetograph.eval.clips import check_video, luminance
+from kinetograph.eval.flow import FlowConfig, VideoFlow, sample, video_flow
+
+
+@dataclass(frozen=True)
+class Flicker:
+    luminance: float  # mean |Y_{t+1} - Y_t| of the frame-mean luma, gray levels (0-255) per frame
+    high_frequency: float  # mean |E_{t+1} - E_t| / mean E of high-frequency energy E, relative
+
+
+def high_frequency_energy(frames: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Per-frame mean squared luma detail Y - GaussianBlur(Y, sigma), shape (t,)."""
+    energies = []
+    for y in luminance(frames):
+        detail = y - cv2.GaussianBlur(y, (0, 0), sigma)
+        energies.append(float(np.mean(detail**2)))
+    return np.array(energies)
+
+
+def flicker(video: np.ndarray, sigma: float = 1.0) -> Flicker:
+    """Frame-to-frame change of mean luminance and of high-frequency energy (lower is steadier)."""
+    check_video(video, min_frames=2)
+    mean_luma = luminance(video).mean(axis=(1, 2))  # (t,)
+    energy = high_frequency_energy(video, sigma)  # (t,)
+    relative = np.abs(np.diff(energy)).mean() / max(energy.mean(), 1e-8)
+    return Flicker(luminance=float(np.abs(np.diff(mean_luma)).mean()), high_frequency=float(relative))
+
+
+def warping_error(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()) -> float:
+    """Mean squared RGB error (values in [0, 1]) between frame t+1 and frame t warped onto it.
+
+    For each pixel p of frame t+1 the backward flow b (t+1 -> t) gives its source p + b(p) in
+    frame t; pixels that fail the forward-backward test are occluded or new and are skipped.
+    Computed at flow resolution; averaged over pairs.
+    """
+    flow = flow if flow is not None else video_flow(video, cfg)
+    frames = flow.frames.astype(np.float32) / 255.0
+    errors = []
+    for t, pair in enumerate(flow.pairs):
+        predicted = sample(frames[t], pair.backward)  # frame t on frame t+1's grid
+        squared = np.mean((frames[t + 1] - predicted) ** 2, axis=-1)  # (h, w)
+        mask = pair.backward_valid if pair.backward_valid.any() else np.ones_like(pair.backward_valid)
+        errors.append(float(squared[mask].mean()))
+    return float(np.mean(errors))

@@ -1,0 +1,220 @@
+"""Image (+ prompt) -> video with an SVD checkpoint.
+
+Flow: preprocess -> conditioning (CLIP embedding, VAE latent, micro-conditioning) ->
+guidance(denoiser(unet)) -> sampler -> VAE decode -> frames. Keyword names follow diffusers'
+StableVideoDiffusionPipeline so users can switch with no surprises; given the same initial
+`latents` (or the same seed on the CPU), weights and settings, the frames match it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from einops import rearrange
+
+from kinetograph.conditioning import Cond, make_cond, micro_conditioning
+from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
+from kinetograph.diffusion.guidance import GuidedDenoiser, linear_ramp, triangle_ramp
+from kinetograph.diffusion.samplers import SAMPLERS
+from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
+from kinetograph.errors import InputError
+from kinetograph.io.checkpoint import load_checkpoint
+from kinetograph.io.video import save_video
+from kinetograph.models.clip_image import clip_preprocess
+from kinetograph.models.svd import SVD
+from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_image, resize_and_crop
+from kinetograph.presets import Preset
+
+GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
+TEXT_BLIND_WARNING = (
+    "this checkpoint conditions on the image only, so the prompt is ignored; "
+    "use a text-conditioned kinetograph checkpoint to steer with text"
+)
+
+
+@dataclass
+class Video:
+    frames: np.ndarray  # (t, h, w, 3) uint8
+    fps: float
+
+    def save(self, path: str | Path) -> Path:
+        """Write .mp4 (H.264), .gif, .webp or a folder of PNGs, atomically."""
+        return save_video(self.frames, path, fps=self.fps)
+
+
+class ImageToVideo:
+    def __init__(self, model: SVD, preset: Preset, device: torch.device | str = "cpu"):
+        self.model = model
+        self.preset = preset
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        preset: str | None = None,
+        allow_pickle: bool = False,
+    ) -> ImageToVideo:
+        """Load an official single file (svd, svd_xt, svd_xt_1_1, svd_image_decoder) or a diffusers folder."""
+        loaded = load_checkpoint(path, device=device, dtype=dtype, preset=preset, allow_pickle=allow_pickle)
+        # The reference runs the VAE in float32 whatever the UNet precision (sgm disables autocast there).
+        loaded.model.vae.float()
+        return cls(loaded.model, loaded.preset, device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.unet.parameters()).dtype
+
+    # -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: str | Path | PIL.Image.Image | np.ndarray | torch.Tensor,
+        prompt: str | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int | None = None,
+        min_guidance_scale: float | None = None,
+        max_guidance_scale: float | None = None,
+        fps: int | None = None,
+        motion_bucket_id: int | None = None,
+        noise_aug_strength: float | None = None,
+        decode_chunk_size: int | None = None,
+        latents: torch.Tensor | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str = "euler",
+        guidance_ramp: str = "linear",
+        callback: Callable[[int, int], None] | None = None,
+        output_type: str = "video",
+    ) -> Video | torch.Tensor:
+        """Generate a video from one image.
+
+        Arguments not given take the checkpoint preset's values (the official scripts' settings).
+        `latents` is the initial noise, shape (1, num_frames, 4, height/f, width/f) as in diffusers;
+        otherwise it is drawn from `generator` or `torch.Generator(device).manual_seed(seed)`, in
+        diffusers' order (augmentation noise first, then latents). `output_type="latent"` returns
+        the final latents (1, t, 4, h, w) without decoding. `callback(step, total)` reports progress.
+        """
+        d = self.preset.sampling
+        height, width = height or d.height, width or d.width
+        num_frames = num_frames or d.num_frames
+        steps = num_inference_steps or d.num_inference_steps
+        min_g = d.min_guidance_scale if min_guidance_scale is None else min_guidance_scale
+        max_g = d.max_guidance_scale if max_guidance_scale is None else max_guidance_scale
+        fps = d.fps if fps is None else fps
+        motion = d.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
+        aug = d.noise_aug_strength if noise_aug_strength is None else noise_aug_strength
+        chunk = decode_chunk_size or d.decode_chunk_size
+        self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
+        if prompt:
+            warnings.warn(TEXT_BLIND_WARNING, stacklevel=2)
+
+        f = self.model.cfg.vae.downsample_factor
+        if latents is not None and tuple(latents.shape[1:]) != (num_frames, 4, height // f, width // f):
+            raise InputError(
+                f"latents have shape {tuple(latents.shape)}; expected (1, {num_frames}, 4, {height // f}, {width // f})"
+            )
+        if generator is None:
+            generator = torch.Generator(self.device).manual_seed(0 if seed is None else seed)
+
+        # preprocess: (1, 3, H, W) in [-1, 1]
+        pixels = image_to_tensor(resize_and_crop(load_image(image), height, width)).to(self.device)
+        cond = self.encode_condition(pixels, num_frames, fps - 1, motion, aug, generator)
+        if latents is None:
+            latents = torch.randn((1, num_frames, 4, height // f, width // f), generator=generator, device=self.device)
+        sigmas = karras_sigmas(steps).to(self.device)
+        x = rearrange(latents.to(self.device, torch.float32), "b t c h w -> (b t) c h w") * init_noise_scale(sigmas)
+
+        ramp = GUIDANCE_RAMPS[guidance_ramp](min_g, max_g, num_frames).to(self.device)
+        guided = GuidedDenoiser(self.denoiser, cond, cond.zeroed(), ramp)
+
+        def on_step(i, n, x, denoised):
+            if callback is not None:
+                callback(i + 1, n)
+
+        x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step)
+        if output_type == "latent":
+            return rearrange(x, "(b t) c h w -> b t c h w", t=num_frames)
+        frames = self.decode(x, num_frames, chunk)
+        return Video(frames=frames, fps=float(fps))
+
+    # -----------------------------------------------------------------------------------------
+
+    def encode_condition(
+        self,
+        pixels: torch.Tensor,
+        num_frames: int,
+        fps_id: float,
+        motion_bucket_id: float,
+        noise_aug_strength: float,
+        generator: torch.Generator,
+    ) -> Cond:
+        """CLIP embedding of the clean frame, VAE latent of the noise-augmented frame, micro-conditioning."""
+        dtype = self.dtype
+        clip_in = clip_preprocess(pixels).to(dtype)
+        embedding = self.model.image_encoder(clip_in)[:, None, :].float()  # (b, 1, d)
+        noise = torch.randn(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
+        noisy = pixels + noise_aug_strength * noise
+        latent = self.model.vae.encode(noisy.float())  # (b, c, h, w), posterior mode, unscaled (as SVD)
+        vector = micro_conditioning(fps_id, motion_bucket_id, noise_aug_strength, self.model.cfg.unet.adm_in_channels // 3)
+        return make_cond(embedding, latent, vector.to(pixels.device), num_frames)
+
+    def network(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The UNet on [c_in * x, image latent], in the model dtype; output in float32."""
+        dtype = self.dtype
+        n = x_in.shape[0]
+        out = self.model.unet(
+            torch.cat([x_in, cond.concat], dim=1).to(dtype),
+            c_noise.reshape(-1).expand(n).to(dtype),
+            cond.crossattn.to(dtype),
+            cond.vector.to(dtype),
+            num_video_frames=cond.num_frames,
+            image_only_indicator=cond.image_only_indicator.to(dtype),
+        )
+        return out.float()
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return Denoiser(self.network, VScalingEDMcNoise())
+
+    def decode(self, latents: torch.Tensor, num_frames: int, chunk_size: int) -> np.ndarray:
+        """((b t), c, h, w) latents -> (t, H, W, 3) uint8 frames of the first video."""
+        vae = self.model.vae
+        pixels = vae.decode(latents.float() / vae.cfg.scale_factor, num_frames=num_frames, chunk_size=chunk_size)
+        frames = ((pixels + 1) / 2).clamp(0, 1)
+        frames = rearrange(frames[:num_frames], "t c h w -> t h w c")
+        return (frames * 255).round().to(torch.uint8).cpu().numpy()
+
+    def _check_args(self, height, width, num_frames, steps, fps, motion, aug, chunk, sampler, ramp, output_type):
+        check_size(height, width)
+        if num_frames < 1:
+            raise InputError(f"num_frames must be >= 1, got {num_frames}")
+        if steps < 1:
+            raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+        if fps < 1:
+            raise InputError(f"fps must be >= 1, got {fps}")
+        if not 0 <= motion <= 255:
+            raise InputError(f"motion_bucket_id must be in 0..255, got {motion}")
+        if not 0.0 <= aug <= 10.0:
+            raise InputError(f"noise_aug_strength must be in 0..10 (0.02 is the default), got {aug}")
+        if chunk < 1:
+            raise InputError(f"decode_chunk_size must be >= 1, got {chunk}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if ramp not in GUIDANCE_RAMPS:
+            raise InputError(f"unknown guidance ramp {ramp!r}; choose one of {', '.join(GUIDANCE_RAMPS)}")
+        if output_type not in ("video", "latent"):
+            raise InputError(f"output_type must be 'video' or 'latent', got {output_type!r}")

@@ -1,0 +1,108 @@
+"""Named model configurations and their sampling defaults.
+
+The released models share one architecture; they differ in the frames they were trained on and
+in the sampling settings of the official scripts (`scripts/sampling/configs/svd*.yaml`,
+`simple_video_sample.py`). `tiny` is a small random-weight configuration for tests and benches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from kinetograph.models.clip_image import CLIPVisionConfig
+from kinetograph.models.unet import UNetConfig
+from kinetograph.models.vae import VAEConfig
+
+
+@dataclass(frozen=True)
+class SVDConfig:
+    """The three networks of an image-to-video model."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    clip: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> SVDConfig:
+        def tuples(cfg: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+        return SVDConfig(
+            unet=UNetConfig(**tuples(d["unet"])),
+            vae=VAEConfig(**tuples(d["vae"])),
+            clip=CLIPVisionConfig(**tuples(d["clip"])),
+        )
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a user gets when they pass nothing: the official script's settings for this model."""
+
+    num_frames: int = 14
+    num_inference_steps: int = 25
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 2.5
+    fps: int = 7  # diffusers convention: the model sees fps_id = fps - 1 (sgm's fps_id 6)
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    decode_chunk_size: int = 14  # sgm's decoding_t; the decoder output depends on it
+    height: int = 576
+    width: int = 1024
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: SVDConfig
+    sampling: SamplingDefaults
+
+
+_XT = SamplingDefaults(num_frames=25, num_inference_steps=30, min_guidance_scale=1.5, max_guidance_scale=3.0)
+
+TINY_MODEL = SVDConfig(
+    unet=UNetConfig(
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2),
+        num_head_channels=16,
+        context_dim=32,
+        adm_in_channels=3 * 16,
+    ),
+    vae=VAEConfig(ch=32, ch_mult=(1, 2)),  # 2 res blocks: diffusers' temporal decoder needs them
+    # image_size stays 224: the reference pipelines always resize the CLIP input to 224.
+    clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
+)
+
+PRESETS: dict[str, Preset] = {
+    "svd": Preset("svd", SVDConfig(), SamplingDefaults()),
+    "svd_image_decoder": Preset(
+        "svd_image_decoder", SVDConfig(vae=VAEConfig(temporal_decoder=False)), SamplingDefaults()
+    ),
+    "svd_xt": Preset("svd_xt", SVDConfig(), _XT),
+    "svd_xt_1_1": Preset("svd_xt_1_1", SVDConfig(), _XT),
+    "svd_xt_image_decoder": Preset(
+        "svd_xt_image_decoder", SVDConfig(vae=VAEConfig(temporal_decoder=False)), _XT
+    ),
+    "tiny": Preset(
+        "tiny",
+        TINY_MODEL,
+        SamplingDefaults(num_frames=4, num_inference_steps=4, decode_chunk_size=4, height=64, width=64),
+    ),
+}
+
+
+def preset_for_file(filename: str, temporal_decoder: bool) -> Preset:
+    """Guess the preset of an official file from its name (the layouts of svd and svd_xt are identical)."""
+    name = filename.lower()
+    xt = "xt" in name
+    if temporal_decoder:
+        return PRESETS["svd_xt_1_1" if "1_1" in name else "svd_xt"] if xt else PRESETS["svd"]
+    return PRESETS["svd_xt_image_decoder" if xt else "svd_image_decoder"]
+
+
+def with_sampling(preset: Preset, **overrides) -> Preset:
+    return replace(preset, sampling=replace(preset.sampling, **overrides))

@@ -1,0 +1,259 @@
+"""VAE: official key layout, diffusers key map, and numerics against diffusers on identical weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import diffusers
+from diffusers.models.resnet import AlphaBlender
+
+from kinetograph.errors import CheckpointError, InputError
+from kinetograph.io.diffusers_vae import (
+    vae_config_from_diffusers,
+    vae_diffusers_config,
+    vae_from_diffusers,
+    vae_to_diffusers,
+)
+from kinetograph.models.vae import VAE, VAEConfig
+
+COND = "conditioner.embedders.3.encoder."
+FIRST = "first_stage_model."
+TINY = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=2, z_channels=4)  # f = 2
+ATOL = 1e-4
+
+
+def _rows(sd: dict[str, torch.Tensor], prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    return [(prefix + k, tuple(v.shape)) for k, v in sd.items()]
+
+
+def _part(rows: dict[str, tuple[int, ...]], prefix: str) -> list[tuple[str, tuple[int, ...]]]:
+    """TSV rows under `prefix`, in file (state_dict) order."""
+    return [(k, s) for k, s in rows.items() if k.startswith(prefix)]
+
+
+def _meta_vae(cfg: VAEConfig) -> VAE:
+    with torch.device("meta"):
+        return VAE(cfg)
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random values for every parameter, at scales that keep every branch of the net alive.
+
+    mix_factor is drawn wide so alpha is far from 1/2: a swapped blend convention then shows.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if isinstance(m, torch.nn.GroupNorm):
+                    p.copy_((1.0 if name == "weight" else 0.0) + 0.3 * torch.randn(p.shape, generator=g))
+                elif name == "mix_factor":
+                    p.copy_(2.0 * torch.randn(p.shape, generator=g))
+                elif p.ndim >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+                else:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def _pair(cfg: VAEConfig, seed: int = 0) -> tuple[VAE, torch.nn.Module]:
+    """Our VAE with random weights and its diffusers twin loaded through our converter."""
+    ours = VAE(cfg).eval()
+    _randomize(ours, seed)
+    config = vae_diffusers_config(cfg)
+    theirs = getattr(diffusers, config["_class_name"]).from_config(config).eval()
+    theirs.load_state_dict(vae_to_diffusers(ours.state_dict()), strict=True)
+    return ours, theirs
+
+
+# ---- full size: official layouts (meta device) ---------------------------------------------
+
+
+@pytest.mark.parametrize("temporal, tsv_name", [(True, "sgm_svd.tsv"), (False, "sgm_svd_image_decoder.tsv")])
+def test_full_size_keys_match_sgm(temporal, tsv_name, tsv):
+    rows = tsv(tsv_name)
+    sd = _meta_vae(VAEConfig(temporal_decoder=temporal)).state_dict()
+    enc = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    dec = {k: v for k, v in sd.items() if k.startswith("decoder.")}
+    assert len(enc) == 106 and len(dec) == (266 if temporal else 138)
+
+    # encoder: both official copies; quant_conv from the conditioner; decoder from the first stage
+    assert _rows(enc, COND) == _part(rows, COND + "encoder.")
+    assert _rows(enc, FIRST) == _part(rows, FIRST + "encoder.")
+    assert _rows({k: v for k, v in sd.items() if k.startswith("quant_conv.")}, COND) == _part(
+        rows, COND + "quant_conv."
+    )
+    assert _rows(dec, FIRST) == _part(rows, FIRST + "decoder.")
+    coders = (FIRST + "encoder.", FIRST + "decoder.")
+    first_rest = {k: s for k, s in rows.items() if k.startswith(FIRST) and not k.startswith(coders)}
+    if temporal:
+        assert "post_quant_conv.weight" not in sd
+        assert first_rest == {}  # the temporal first stage has no quant_conv / post_quant_conv
+    else:
+        rest = {k: v for k, v in sd.items() if k.startswith(("quant_conv.", "post_quant_conv."))}
+        assert dict(_rows(rest, FIRST)) == first_rest
+
+    # the conditioner's unused 2-D decoder has exactly our 2-D decoder's keys
+    sd2 = _meta_vae(VAEConfig(temporal_decoder=False)).state_dict()
+    dec2 = {k: v for k, v in sd2.items() if k.startswith(("decoder.", "post_quant_conv."))}
+    assert dict(_rows(dec2, COND)) == dict(_part(rows, COND + "decoder.") + _part(rows, COND + "post_quant_conv."))
+
+
+def test_full_size_diffusers_keys_match_reference(tsv):
+    converted = vae_to_diffusers(_meta_vae(VAEConfig()).state_dict())
+    assert dict(_rows(converted)) == tsv("diffusers_vae.tsv")
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_full_size_diffusers_config_builds_matching_model(temporal):
+    cfg = VAEConfig(temporal_decoder=temporal)
+    config = vae_diffusers_config(cfg)
+    assert config["_class_name"] == ("AutoencoderKLTemporalDecoder" if temporal else "AutoencoderKL")
+    with torch.device("meta"):
+        theirs = getattr(diffusers, config["_class_name"]).from_config(config)
+    converted = vae_to_diffusers(_meta_vae(cfg).state_dict())
+    assert dict(_rows(converted)) == dict(_rows(theirs.state_dict()))
+    assert vae_config_from_diffusers(dict(theirs.config)) == cfg
+    assert cfg.downsample_factor == 8
+
+
+# ---- tiny, random weights: numerics vs diffusers --------------------------------------------
+
+
+def test_temporal_vae_matches_diffusers():
+    ours, theirs = _pair(TINY, seed=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1  # b=2 videos of t=3 frames
+    with torch.no_grad():
+        post = theirs.encode(x).latent_dist
+        mean, logvar = ours.encode_moments(x)
+        z = ours.encode(x)
+        assert z.shape == (6, 4, 8, 8)
+        assert (z - post.mode()).abs().max() <= ATOL
+        assert (logvar - post.logvar).abs().max() <= ATOL
+        zs = ours.encode(x, sample=True, generator=torch.Generator().manual_seed(5))
+        ref_s = post.sample(generator=torch.Generator().manual_seed(5))
+        assert (zs - ref_s).abs().max() <= ATOL and (zs - z).abs().max() > 1e-3
+
+        z = torch.randn(6, 4, 8, 8, generator=g)
+        out = ours.decode(z, num_frames=3)
+        ref = theirs.decode(z, num_frames=3).sample
+        assert out.shape == (6, 3, 16, 16)
+        assert (out - ref).abs().max() <= ATOL
+
+        # chunks of 2 within each 3-frame video: windows [0:2], [2:3] per video
+        out = ours.decode(z, num_frames=3, chunk_size=2)
+        windows = ((0, 2), (2, 3), (3, 5), (5, 6))
+        ref = torch.cat([theirs.decode(z[s:e], num_frames=e - s).sample for s, e in windows])
+        assert (out - ref).abs().max() <= ATOL
+
+
+def test_blend_convention_is_checked():
+    """The parity above fails if the decoder blended spatial/temporal the UNet's way round."""
+    ours, theirs = _pair(TINY, seed=2)
+    for m in theirs.modules():
+        if isinstance(m, AlphaBlender):
+            m.switch_spatial_to_temporal_mix = False
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours.decode(z, num_frames=3) - theirs.decode(z, num_frames=3).sample).abs().max() > 1e-2
+
+
+def test_image_decoder_vae_matches_diffusers():
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, temporal_decoder=False)
+    ours, theirs = _pair(cfg, seed=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    z = torch.randn(5, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        assert (ours.encode(x) - theirs.encode(x).latent_dist.mode()).abs().max() <= ATOL
+        ref = theirs.decode(z).sample
+        for num_frames, chunk in ((5, None), (1, None), (5, 2)):  # frames are independent here
+            assert (ours.decode(z, num_frames=num_frames, chunk_size=chunk) - ref).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_diffusers_round_trips_are_bit_exact(temporal):
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, temporal_decoder=temporal)
+    ours, theirs = _pair(cfg, seed=4)
+    sd = ours.state_dict()
+    back = vae_from_diffusers(vae_to_diffusers(sd))
+    assert set(back) == set(sd)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    # and from diffusers' side, starting from its own (independently randomized) tensors
+    _randomize(theirs, seed=5)
+    dsd = theirs.state_dict()
+    again = vae_to_diffusers(vae_from_diffusers(dsd))
+    assert set(again) == set(dsd) and all(torch.equal(again[k], dsd[k]) for k in dsd)
+    VAE(cfg).load_state_dict(vae_from_diffusers(dsd), strict=True)
+
+
+def test_converter_rejects_unknown_and_missing_keys():
+    sd = VAE(TINY).state_dict()
+    with pytest.raises(CheckpointError, match="not part of"):
+        vae_to_diffusers({**sd, "decoder.extra.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="missing"):
+        vae_to_diffusers({k: v for k, v in sd.items() if k != "decoder.mid.block_1.mix_factor"})
+    d = vae_to_diffusers(sd)
+    with pytest.raises(CheckpointError, match="not part of"):
+        vae_from_diffusers({**d, "decoder.up_blocks.0.attentions.0.to_q.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="not a VAE"):
+        vae_from_diffusers({"conv_in.weight": torch.zeros(1)})
+
+
+def test_config_maps_refuse_what_diffusers_cannot_express():
+    with pytest.raises(CheckpointError, match="num_res_blocks"):
+        vae_diffusers_config(VAEConfig(num_res_blocks=1))
+    assert vae_diffusers_config(VAEConfig(num_res_blocks=1, temporal_decoder=False))["layers_per_block"] == 1
+    config = vae_diffusers_config(VAEConfig(temporal_decoder=False))
+    with pytest.raises(CheckpointError, match="shift_factor"):
+        vae_config_from_diffusers({**config, "shift_factor": 0.1})
+    with pytest.raises(CheckpointError, match="_class_name"):
+        vae_config_from_diffusers({**config, "_class_name": "AutoencoderTiny"})
+
+
+# ---- behaviour of our own API ---------------------------------------------------------------
+
+
+def test_chunks_are_separate_temporal_windows():
+    vae = VAE(TINY).eval()
+    _randomize(vae, seed=6)
+    z = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # b=2, t=4
+    with torch.no_grad():
+        full = vae.decode(z, num_frames=4)
+        assert torch.allclose(vae.decode(z, num_frames=4, chunk_size=4), full, atol=1e-5, rtol=0)
+        assert torch.allclose(vae.decode(z, num_frames=4, chunk_size=9), full, atol=1e-5, rtol=0)
+        chunked = vae.decode(z, num_frames=4, chunk_size=2)
+        assert (chunked - full).abs().max() > 1e-3
+        # a chunk of 2 frames is exactly a 2-frame video
+        assert torch.allclose(chunked[2:4], vae.decode(z[2:4], num_frames=2), atol=1e-5, rtol=0)
+        # videos do not see each other: the second video alone decodes the same
+        assert torch.allclose(full[4:], vae.decode(z[4:], num_frames=4), atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    vae = VAE(TINY)
+    _randomize(vae, seed=7)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def grads() -> dict[str, torch.Tensor]:
+        vae.zero_grad()
+        vae.decode(vae.encode(x), num_frames=3).square().mean().backward()
+        return {k: p.grad.clone() for k, p in vae.named_parameters()}
+
+    plain = grads()
+    vae.gradient_checkpointing = True
+    assert vae.encoder.gradient_checkpointing and vae.decoder.gradient_checkpointing
+    ckpt = grads()
+    assert all(torch.allclose(plain[k], ckpt[k], atol=1e-6, rtol=1e-5) for k in plain)
+
+
+def test_input_errors():
+    vae = VAE(TINY)
+    with pytest.raises(InputError):
+        vae.encode(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(InputError):
+        vae.decode(torch.zeros(5, 4, 4, 4), num_frames=3)
+    with pytest.raises(InputError):
+        vae.decode(torch.zeros(3, 4, 4, 4), num_frames=3, chunk_size=0)
+    with pytest.raises(InputError):
+        vae.decode(torch.zeros(3, 8, 4, 4), num_frames=3)
