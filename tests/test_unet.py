@@ -147,6 +147,26 @@ def test_forward_matches_diffusers(tiny_unet_and_twins, size):
         assert (got - ref).abs().max() <= atol
 
 
+def test_single_token_context_shortcut_matches_diffusers_and_full_attention(tiny_unet_and_twins):
+    """SVD's context is one CLIP token: inference skips q, k and softmax (exact), training does not."""
+    unet, stock, exact = tiny_unet_and_twins
+    x = inputs(TINY, b=2, t=3, h=8, w=8, n=1)
+    per_video = x["context"][::3]
+    x["context"] = repeat(per_video, "b n d -> (b t) n d", t=3)
+    fast = ours(unet, **x)  # no_grad: the shortcut
+    b, t = 2, 3
+    d = TINY.adm_in_channels // 3
+    y = timestep_embedding(x["added_time_ids"].flatten(), d).reshape(b, 3 * d)
+    full = unet(  # grad enabled: the full attention graph
+        x["sample"].flatten(0, 1), repeat(x["timestep"], "b -> (b t)", t=t), x["context"],
+        repeat(y, "b k -> (b t) k", t=t), num_video_frames=t,
+    ).detach().reshape(fast.shape)
+    assert (fast - full).abs().max() <= 1e-5
+    with torch.no_grad():
+        ref = exact(x["sample"], x["timestep"], per_video, x["added_time_ids"]).sample
+    assert (fast - ref).abs().max() <= EXACT_ATOL
+
+
 def test_image_only_indicator_and_per_frame_context_match_diffusers(tiny_unet_and_twins):
     """Frames flagged as images skip the temporal layers; the temporal context is the first frame's."""
     unet, stock, exact = tiny_unet_and_twins

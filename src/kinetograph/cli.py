@@ -86,16 +86,21 @@ def generate(
     from tqdm import tqdm
 
     from kinetograph.pipeline.image_to_video import ImageToVideo
+    from kinetograph.pipeline.preprocess import check_size
+
+    if height is not None or width is not None:  # fail before loading gigabytes of weights
+        check_size(height or 64, width or 64)
 
     dev = _device(device)
     t0 = time.perf_counter()
     pipe = ImageToVideo.from_checkpoint(checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle)
     typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
-    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr)
+    bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
     def progress(step: int, total: int) -> None:
-        bar.total = total
-        bar.update(step - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, desc="sampling", unit="step", file=sys.stderr))
+        bars[0].update(step - bars[0].n)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -117,7 +122,8 @@ def generate(
             guidance_ramp=guidance_ramp,
             callback=progress,
         )
-    bar.close()
+    for bar in bars:
+        bar.close()
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     path = video.save(output)
@@ -126,11 +132,13 @@ def generate(
 
 
 def _check_output(output: Path) -> None:
-    from kinetograph.io.video import SUPPORTED_SUFFIXES
+    """Refuse a bad output path before minutes of sampling, not after."""
+    from kinetograph.io.video import output_kind
 
-    suffix = output.suffix.lower()
-    if suffix and suffix not in SUPPORTED_SUFFIXES:
-        raise InputError(f"unsupported output {output.name}; use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder")
+    try:
+        output_kind(output)
+    except KinetographError as e:
+        raise InputError(str(e)) from None
 
 
 @app.command()
@@ -193,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 1
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors (unknown option, missing argument) print their own message and exit code 2.
+        # Typer vendors click, so recognise them by their interface rather than their class.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         if os.environ.get("KINETOGRAPH_DEBUG"):

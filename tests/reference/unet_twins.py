@@ -26,13 +26,17 @@ def diffusers_twin(unet: VideoUNet, sgm_eps: bool = False) -> UNetSpatioTemporal
     config = {k: v for k, v in unet_diffusers_config(unet.cfg).items() if not k.startswith("_")}
     twin = UNetSpatioTemporalConditionModel(**config).eval()
     twin.load_state_dict(unet_to_diffusers(unet.state_dict()), strict=True)
-    if sgm_eps:
-        for block in twin.modules():
-            if isinstance(block, SpatioTemporalResBlock):
-                for norm in block.modules():
-                    if isinstance(norm, nn.GroupNorm):
-                        norm.eps = 1e-5
-    return twin
+    return pin_sgm_eps(twin) if sgm_eps else twin
+
+
+def pin_sgm_eps(model: nn.Module) -> nn.Module:
+    """Set every res-block GroupNorm eps of a diffusers SVD UNet to sgm's 1e-5, in place."""
+    for block in model.modules():
+        if isinstance(block, SpatioTemporalResBlock):
+            for norm in block.modules():
+                if isinstance(norm, nn.GroupNorm):
+                    norm.eps = 1e-5
+    return model
 
 
 @torch.no_grad()

@@ -5,6 +5,9 @@ such that the content at (x, y) in a is found at (x + dx, y + dy) in b; x grows 
 y downwards. A pixel is trusted ("valid") when the forward and backward flows agree (the
 forward-backward consistency test of Sundaram et al. 2010) and its match lands inside the
 frame: this removes occluded and newly revealed content, e.g. the strip a pan brings in.
+Motion statistics also need texture: in flat regions (sky, walls) flow is ill-posed and
+Farneback returns ~0 there, which the consistency test cannot catch, so `PairFlow.textured`
+marks pixels whose structure tensor has a clear minimum eigenvalue (Shi and Tomasi 1994).
 
 Flow is computed on frames downscaled so their longer side is at most `FlowConfig.max_side`
 (cost); `VideoFlow.scale` converts flow-grid pixels to output pixels.
@@ -31,6 +34,7 @@ class FlowConfig:
     coarsest_side: int = 24  # pyramid levels are added while the coarsest level keeps this size
     fb_alpha: float = 0.01  # consistency: |f + b|^2 < alpha (|f|^2 + |b|^2) + beta
     fb_beta: float = 0.5
+    min_texture: float = 1e-4  # min structure-tensor eigenvalue (gray in [0, 1], 5x5 block)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class PairFlow:
     backward: np.ndarray  # (h, w, 2) t+1 -> t
     forward_valid: np.ndarray  # (h, w) bool on frame t's grid
     backward_valid: np.ndarray  # (h, w) bool on frame t+1's grid
+    textured: np.ndarray  # (h, w) bool on frame t's grid: enough texture for flow to be measurable
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,13 @@ def consistent(flow_ab: np.ndarray, flow_ba: np.ndarray, cfg: FlowConfig = FlowC
     return inside & (round_trip < tolerance)
 
 
+def textured(gray: np.ndarray, cfg: FlowConfig = FlowConfig()) -> np.ndarray:
+    """Bool (h, w): pixels of a gray image (0-255) where the structure tensor's smaller
+    eigenvalue exceeds `cfg.min_texture`, i.e. where flow is determined in both directions."""
+    eig = cv2.cornerMinEigenVal((gray / 255.0).astype(np.float32), 5, 3)
+    return eig > cfg.min_texture
+
+
 def downscale(video: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """The video resized (area) so its longer side is at most `max_side`, and the scale factor."""
     t, h, w, _ = video.shape
@@ -117,5 +129,7 @@ def video_flow(video: np.ndarray, cfg: FlowConfig = FlowConfig()) -> VideoFlow:
     pairs = []
     for a, b in zip(gray[:-1], gray[1:]):
         fwd, bwd = farneback(a, b, cfg), farneback(b, a, cfg)
-        pairs.append(PairFlow(fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg)))
+        pairs.append(
+            PairFlow(fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg), textured(a, cfg))
+        )
     return VideoFlow(frames=frames, pairs=pairs, scale=scale)

@@ -22,6 +22,11 @@ from kinetograph.eval.flow import FlowConfig, VideoFlow, sample, video_flow
 class Flicker:
     luminance: float  # mean |Y_{t+1} - Y_t| of the frame-mean luma, gray levels (0-255) per frame
     high_frequency: float  # mean |E_{t+1} - E_t| / mean E of high-frequency energy E, relative
+    # The same with each frame compared to the mean of its two neighbours instead of the previous
+    # frame: a steady trend (a pan revealing a darker sky, a zoom enlarging detail) cancels, an
+    # oscillation does not. Zero for clips of two frames.
+    luminance_jitter: float  # mean |Y_t - (Y_{t-1} + Y_{t+1}) / 2|, gray levels
+    high_frequency_jitter: float  # mean |E_t - (E_{t-1} + E_{t+1}) / 2| / mean E
 
 
 def high_frequency_energy(frames: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -33,13 +38,24 @@ def high_frequency_energy(frames: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return np.array(energies)
 
 
+def _jitter(x: np.ndarray) -> float:
+    if len(x) < 3:
+        return 0.0
+    return float(np.abs(x[1:-1] - (x[:-2] + x[2:]) / 2).mean())
+
+
 def flicker(video: np.ndarray, sigma: float = 1.0) -> Flicker:
     """Frame-to-frame change of mean luminance and of high-frequency energy (lower is steadier)."""
     check_video(video, min_frames=2)
     mean_luma = luminance(video).mean(axis=(1, 2))  # (t,)
     energy = high_frequency_energy(video, sigma)  # (t,)
-    relative = np.abs(np.diff(energy)).mean() / max(energy.mean(), 1e-8)
-    return Flicker(luminance=float(np.abs(np.diff(mean_luma)).mean()), high_frequency=float(relative))
+    scale = max(float(energy.mean()), 1e-8)
+    return Flicker(
+        luminance=float(np.abs(np.diff(mean_luma)).mean()),
+        high_frequency=float(np.abs(np.diff(energy)).mean() / scale),
+        luminance_jitter=_jitter(mean_luma),
+        high_frequency_jitter=_jitter(energy) / scale,
+    )
 
 
 def warping_error(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()) -> float:

@@ -8,7 +8,7 @@ The output format follows the path:
   length stays right (e.g. 7 fps -> 140, 150, 140, ... ms). At most 50 fps: browsers slow
   frames shorter than 20 ms down to 100 ms.
 - `*.webp` -> looping animated WebP (lossy, quality 90), millisecond frame times.
-- a path that ends in "/", has no suffix, or is an existing folder -> a folder of PNG frames
+- a path that ends in "/" or has no suffix -> a folder of PNG frames
   `frame_0000.png`, `frame_0001.png`, ... with the fps kept as PNG text ("fps").
   A `*.png` path is refused: one file cannot hold a video.
 
@@ -20,6 +20,7 @@ output is only replaced once the new one is complete. A missing parent folder is
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import shutil
@@ -49,10 +50,10 @@ def save_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
 
     Returns the path written (for a frame folder, the folder).
     """
-    kind = _output_kind(path)
+    kind = output_kind(path)
     path = Path(path)
     _check_frames(frames)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+    if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
         raise InputError(f"fps must be a positive number, got {fps!r}")
     if kind == "mp4":
         _require_h264()
@@ -84,6 +85,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
 
     Reads what `save_video` writes: containers via PyAV (FFmpeg), GIF/WebP via Pillow (FFmpeg
     cannot decode animated WebP), PNG folders via Pillow. fps is 0.0 when the file does not say.
+    A file that decodes fewer frames than its header lists (cut off) is an error, not a short clip.
     """
     path = _existing_input(path)
     if max_frames is not None and max_frames < 1:
@@ -126,10 +128,10 @@ def video_info(path: str | Path) -> dict[str, str | int | float]:
 # ---------------------------------------------------------------------------------------- writing
 
 
-def _output_kind(path: str | Path) -> str:
+def output_kind(path: str | Path) -> str:
     text = os.fspath(path)
     p = Path(text)
-    if text.endswith(("/", os.sep)) or p.is_dir() or p.suffix == "":
+    if text.endswith(("/", os.sep)) or p.suffix == "":
         return "png"
     suffix = p.suffix.lower()
     if suffix in (".mp4", ".gif", ".webp"):
@@ -298,6 +300,9 @@ def _read_container(path: Path, max_frames: int | None) -> tuple[list[np.ndarray
                     break
         except av.error.FFmpegError as e:
             raise InputError(f"{path} is corrupt after {len(frames)} frames ({e.strerror}); re-encode it") from e
+        expected = stream.frames if max_frames is None else min(stream.frames, max_frames)
+        if len(frames) < expected:  # FFmpeg stops quietly where a cut-off file ends
+            raise InputError(f"{path} is truncated: its header lists {stream.frames} frames, {len(frames)} decode")
         return frames, _stream_fps(stream)
 
 

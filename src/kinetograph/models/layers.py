@@ -156,6 +156,11 @@ class Attention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None and context.shape[1] == 1 and not torch.is_grad_enabled():
+            # One key: softmax over a single logit is exactly 1, so every query gets the value.
+            # SVD's only context token is the CLIP embedding: skip q, k and the attention itself.
+            # (Inference only: training keeps the full graph, so every parameter gets a gradient.)
+            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         # (B, N, h*d) -> (B, h, N, d)

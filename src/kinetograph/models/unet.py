@@ -186,12 +186,19 @@ class VideoTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
-        # x ((b t), s, c); context ((b s), n, context_dim)
-        s = x.shape[1]
+        # x ((b t), s, c); context (b, n, context_dim), the first frame's, shared by all pixels
+        b, s = x.shape[0] // num_frames, x.shape[1]
         x = rearrange(x, "(b t) s c -> (b s) t c", t=num_frames)
         x = self.ff_in(self.norm_in(x)) + x
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        if context.shape[1] == 1 and not torch.is_grad_enabled():
+            # A single key: the attention output is its value for every query (softmax of one
+            # logit is 1), so compute it once per video instead of once per pixel.
+            value = self.attn2.to_out(self.attn2.to_v(context))  # (b, 1, c)
+            x = rearrange(x, "(b s) t c -> b s t c", b=b) + value[:, :, None, :]
+            x = rearrange(x, "b s t c -> (b s) t c")
+        else:
+            x = self.attn2(self.norm2(x), repeat(context, "b n d -> (b s) n d", s=s)) + x
         x = self.ff(self.norm3(x)) + x
         return rearrange(x, "(b s) t c -> (b t) s c", s=s)
 
@@ -230,9 +237,8 @@ class SpatialVideoTransformer(nn.Module):
         # x ((b t), c, h, w); context ((b t), n, context_dim)
         _, c, h, w = x.shape
         x_in = x
-        # The temporal context: the first frame's, one copy per pixel -> ((b h w), n, context_dim).
-        first_frame_context = context[::num_frames]  # (b, n, context_dim)
-        time_context = repeat(first_frame_context, "b n d -> (b s) n d", s=h * w)
+        # The temporal context is the first frame's (SVD's use_spatial_context), for every pixel.
+        time_context = context[::num_frames]  # (b, n, context_dim)
 
         x = rearrange(self.norm(x), "bt c h w -> bt (h w) c")
         x = self.proj_in(x)  # ((b t), (h w), c)

@@ -140,8 +140,8 @@ def _deep_to_8bit(img: Image.Image) -> Image.Image:
     transparent = img.info.get("transparency")
     if isinstance(transparent, int):  # a 16-bit grayscale PNG's tRNS colour
         alpha = np.where(np.asarray(img) == transparent, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([out, alpha], axis=-1), mode="LA")
-    return Image.fromarray(out, mode="L")
+        return Image.fromarray(np.stack([out, alpha], axis=-1))  # (h, w, 2) -> "LA"
+    return Image.fromarray(out)
 
 
 def _flatten_on_white(rgba: Image.Image) -> Image.Image:
@@ -190,5 +190,4 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
         u8 = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)
     else:
         raise InputError(f"{name} dtype {a.dtype} is not supported; convert to uint8, or to float in [0, 1]")
-    mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if u8.ndim == 2 else u8.shape[-1]] if u8.ndim == 3 else "L"
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(u8), mode=mode), name=name)
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(u8)), name=name)  # uint8 (h, w[, 3|4]) -> L, RGB, RGBA

@@ -69,12 +69,10 @@ def analysis_size(width: int, height: int, target_width: int) -> tuple[int, int]
     return w - w % 2, h
 
 
-def iter_frames(
-    path: str | Path, width: int | None = None, height: int | None = None
-) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames (h, w, 3) in display order, resized to (width, height) if given.
+def iter_av_frames(path: str | Path) -> Iterator[av.VideoFrame]:
+    """Yield PyAV frames in display order (convert each with `.to_ndarray(format="rgb24", ...)`).
 
-    A file that breaks halfway raises InputError (after the good frames were yielded), so the
+    A file that breaks halfway raises InputError after the good frames were yielded, so the
     caller decides whether a partial decode is acceptable.
     """
     path = Path(path)
@@ -82,10 +80,17 @@ def iter_frames(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24", width=width, height=height)
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+            yield from container.decode(stream)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as e:
         raise InputError(f"{path}: cannot decode ({_short(e)}); re-encode it with ffmpeg or remove it") from e
+
+
+def iter_frames(
+    path: str | Path, width: int | None = None, height: int | None = None
+) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames (h, w, 3) in display order, resized to (width, height) if given."""
+    for frame in iter_av_frames(path):
+        yield frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
 def read_range(

@@ -1,0 +1,213 @@
+"""Camera-motion clips generated from real photos: pans, tilts and zooms at known speed.
+
+Each clip is a moving crop window over a still photo, rendered with one affine warp per frame.
+The true motion is known exactly, so it is recorded with the clip and, through the same
+`MotionBucketMap` that curation uses, sets the clip's motion bucket: the bucket of a generated
+clip is the bucket its true speed would get if curation measured it perfectly.
+
+Speed is in curation's score units: mean image motion in % of frame width per second (see
+curation/motion.py). Direction follows film language: "pan left" turns the camera left, so the
+picture content moves right in frame; "tilt up" moves content down; "zoom in" magnifies.
+Everything is deterministic from a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from kinetograph.data.sources import PHOTOS, Photo, load_photo
+
+MOTIONS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
+# Content motion direction (dx, dy) in the frame for each translating move.
+_DIRECTION = {"pan_left": (1, 0), "pan_right": (-1, 0), "tilt_up": (0, 1), "tilt_down": (0, -1)}
+
+
+@dataclass(frozen=True)
+class CameraMove:
+    kind: str  # one of MOTIONS
+    speed: float  # mean image motion, % of frame width per second (0 for static)
+
+    def __post_init__(self) -> None:
+        assert self.kind in MOTIONS, self.kind
+        assert self.speed >= 0 and (self.kind != "static" or self.speed == 0), self
+
+
+@dataclass(frozen=True)
+class CameraMotionConfig:
+    height: int = 256
+    width: int = 384
+    num_frames: int = 25
+    fps: float = 8.0
+    # Speed classes (uniform ranges in % of frame width per second) and the words that name them.
+    speeds: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"slow": (2.0, 5.0), "fast": (12.0, 24.0)}
+    )
+    max_zoom: float = 2.5  # guard: a zoom never magnifies more than this over one clip
+
+
+@dataclass
+class CameraClip:
+    key: str  # "<photo>-<kind>-<speed class>-<n>"
+    frames: np.ndarray  # (t, h, w, 3) uint8
+    fps: float
+    caption: str
+    move: CameraMove
+    speed_class: str  # "static", "slow" or "fast"
+    photo: str
+
+
+def _mean_radius(width: int, height: int) -> float:
+    """Mean distance of a pixel from the frame centre, in pixels (for zoom flow)."""
+    u = np.arange(width) + 0.5 - width / 2
+    v = np.arange(height) + 0.5 - height / 2
+    return float(np.sqrt(u[None, :] ** 2 + v[:, None] ** 2).mean())
+
+
+def render(photo: np.ndarray, move: CameraMove, cfg: CameraMotionConfig, rng: np.random.Generator) -> np.ndarray:
+    """Render a move over a photo (h, w, 3) uint8 -> frames (t, cfg.height, cfg.width, 3) uint8.
+
+    The crop window is as large as the whole trajectory allows (least upscaling); where it starts
+    within the photo is drawn from rng.
+    """
+    H, W, T = cfg.height, cfg.width, cfg.num_frames
+    src_h, src_w = photo.shape[:2]
+    px = move.speed / 100.0 * W / cfg.fps  # content motion, output pixels per frame
+    if move.kind.startswith("zoom"):
+        # Exponential zoom: flow at radius rho is rho * rate, so rate = speed / mean radius.
+        rate = move.speed / 100.0 * W / _mean_radius(W, H) / cfg.fps  # log-scale change per frame
+        rate = min(rate, math.log(cfg.max_zoom) / max(T - 1, 1))
+        log_s = -rate * np.arange(T) if move.kind == "zoom_in" else rate * np.arange(T)
+        s_max = min(src_w / W, src_h / H)  # source pixels per output pixel, whole photo in view
+        scale = s_max * np.exp(log_s - log_s.max())  # (t,) largest window = the whole fit
+        cx = np.full(T, src_w / 2 + rng.uniform(-0.5, 0.5) * (src_w - scale.max() * W))
+        cy = np.full(T, src_h / 2 + rng.uniform(-0.5, 0.5) * (src_h - scale.max() * H))
+    else:
+        dx, dy = _DIRECTION.get(move.kind, (0, 0))
+        travel = px * (T - 1)  # output pixels crossed over the clip
+        s = min(src_w / (W + abs(dx) * travel), src_h / (H + abs(dy) * travel))
+        scale = np.full(T, s)
+        # The window moves opposite to the content: content right (pan left) = window left.
+        span_x, span_y = src_w - s * (W + abs(dx) * travel), src_h - s * (H + abs(dy) * travel)
+        x0 = s * W / 2 + rng.uniform(0, 1) * span_x + (s * travel if dx > 0 else 0)
+        y0 = s * H / 2 + rng.uniform(0, 1) * span_y + (s * travel if dy > 0 else 0)
+        cx = x0 - dx * s * px * np.arange(T)
+        cy = y0 - dy * s * px * np.arange(T)
+    # Downscaling by warping aliases; pre-shrink the photo so the largest window is ~1:1.
+    shrink = max(1.0, float(scale.max()))
+    if shrink > 1.0:
+        photo = cv2.resize(photo, (round(src_w / shrink), round(src_h / shrink)), interpolation=cv2.INTER_AREA)
+        scale, cx, cy = scale / shrink, cx / shrink, cy / shrink
+    frames = np.empty((T, H, W, 3), dtype=np.uint8)
+    for t in range(T):
+        # Output pixel centre (u+0.5, v+0.5) -> source point; OpenCV samples at integer coordinates.
+        a = scale[t]
+        m = np.array([[a, 0.0, cx[t] - a * W / 2 + 0.5 * a - 0.5], [0.0, a, cy[t] - a * H / 2 + 0.5 * a - 0.5]])
+        frames[t] = cv2.warpAffine(
+            photo, m, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
+    return frames
+
+
+def true_speed(move: CameraMove, cfg: CameraMotionConfig) -> float:
+    """The speed the rendered clip really has (zoom may be capped by max_zoom)."""
+    if not move.kind.startswith("zoom"):
+        return move.speed
+    r = _mean_radius(cfg.width, cfg.height)
+    rate = move.speed / 100.0 * cfg.width / r / cfg.fps
+    rate = min(rate, math.log(cfg.max_zoom) / max(cfg.num_frames - 1, 1))
+    return rate * r / cfg.width * 100.0 * cfg.fps
+
+
+# Several paraphrases per class: {s} subject, {adv} speed adverb, {adj} speed adjective.
+_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "static": (
+        "A still shot of {s}.",
+        "{S}, static camera, no movement.",
+        "The camera holds steady on {s}.",
+        "A locked-off shot of {s}.",
+    ),
+    "pan_left": (
+        "The camera pans {adv} to the left across {s}.",
+        "{S}, {adj} pan left.",
+        "A {adj} leftward pan over {s}.",
+        "The view sweeps {adv} left over {s}.",
+    ),
+    "pan_right": (
+        "The camera pans {adv} to the right across {s}.",
+        "{S}, {adj} pan right.",
+        "A {adj} rightward pan over {s}.",
+        "The view sweeps {adv} right over {s}.",
+    ),
+    "tilt_up": (
+        "The camera tilts {adv} upward over {s}.",
+        "{S}, {adj} tilt up.",
+        "A {adj} upward tilt across {s}.",
+        "The view rises {adv} over {s}.",
+    ),
+    "tilt_down": (
+        "The camera tilts {adv} downward over {s}.",
+        "{S}, {adj} tilt down.",
+        "A {adj} downward tilt across {s}.",
+        "The view drops {adv} over {s}.",
+    ),
+    "zoom_in": (
+        "The camera zooms in {adv} on {s}.",
+        "{S}, {adj} zoom in.",
+        "A {adj} push in towards {s}.",
+        "Zooming in {adv} on {s}.",
+    ),
+    "zoom_out": (
+        "The camera zooms out {adv} from {s}.",
+        "{S}, {adj} zoom out.",
+        "A {adj} pull back from {s}.",
+        "Zooming out {adv} to reveal {s}.",
+    ),
+}
+_ADVERBS = {"slow": ("slowly", "gently", "gradually"), "fast": ("quickly", "rapidly", "swiftly")}
+_ADJECTIVES = {"slow": ("slow", "gentle", "gradual"), "fast": ("fast", "quick", "rapid")}
+
+
+def caption_for(kind: str, speed_class: str, subject: str, rng: np.random.Generator) -> str:
+    """A natural-language caption for a move, one paraphrase drawn from rng."""
+    template = _TEMPLATES[kind][rng.integers(len(_TEMPLATES[kind]))]
+    adv = _ADVERBS[speed_class][rng.integers(3)] if speed_class in _ADVERBS else ""
+    adj = _ADJECTIVES[speed_class][rng.integers(3)] if speed_class in _ADJECTIVES else ""
+    return template.format(s=subject, S=subject[0].upper() + subject[1:], adv=adv, adj=adj)
+
+
+def generate(
+    cfg: CameraMotionConfig = CameraMotionConfig(),
+    seed: int = 0,
+    photos: tuple[Photo, ...] = PHOTOS,
+    per_class: int = 1,
+) -> Iterator[CameraClip]:
+    """Every photo x every move x every speed class (static once), `per_class` clips of each.
+
+    Deterministic: the same seed gives the same clips, captions and speeds in the same order.
+    """
+    for pi, photo in enumerate(photos):
+        image = load_photo(photo.name)
+        for kind in MOTIONS:
+            classes = ("static",) if kind == "static" else tuple(cfg.speeds)
+            for speed_class in classes:
+                for n in range(per_class):
+                    # One generator per clip, seeded by its identity: adding photos keeps others fixed.
+                    rng = np.random.default_rng([seed, pi, MOTIONS.index(kind), classes.index(speed_class), n])
+                    lo, hi = cfg.speeds.get(speed_class, (0.0, 0.0))
+                    move = CameraMove(kind, float(rng.uniform(lo, hi)) if kind != "static" else 0.0)
+                    move = CameraMove(kind, true_speed(move, cfg))
+                    subject = photo.subjects[rng.integers(len(photo.subjects))]
+                    yield CameraClip(
+                        key=f"{photo.name}-{kind}-{speed_class}-{n}",
+                        frames=render(image, move, cfg, rng),
+                        fps=cfg.fps,
+                        caption=caption_for(kind, speed_class, subject, rng),
+                        move=move,
+                        speed_class=speed_class,
+                        photo=photo.name,
+                    )

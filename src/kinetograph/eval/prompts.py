@@ -1,0 +1,111 @@
+"""Which camera motion a prompt asks for: text -> `MotionClass`, or None when it does not say.
+
+Recognised wordings (case-insensitive; see docs/evaluation.md for the table):
+- pans and tilts: a camera-move verb, up to three words, then a direction:
+  "pan(s/ning/ned) [to the] left", "tilt up", "trucking right", "tracking shot to the left",
+  "dolly left", "crane up", "pedestal down", "boom up"; or the direction first: "a slow
+  leftward pan", "upward tilt". Generic verbs (move, slide, glide, drift, travel, turn, swing,
+  rotate, shift) count only with "camera" just before them: "the camera slowly drifts right".
+- zoom in: "zoom(s/ing) in/into", "push(es) in", "dolly in/forward", "camera moves closer /
+  forward / towards ...", "camera approaches".
+- zoom out: "zoom(s/ing) out", "pull(s) back/out/away", "dolly out/back", "camera moves back /
+  away / backwards", "widen(s) out".
+- static: "static", "still camera", "camera is/stays/remains still/static/fixed/stationary",
+  "locked-off", "on a tripod", "fixed camera", "stationary camera", "no camera motion/movement",
+  "camera does not move".
+A match preceded within two words by a negation ("no", "not", "without", "never") is dropped:
+"static shot, no zoom" is static. A bare "zoom" is ambiguous and ignored. A prompt matching two
+different classes ("pan left then zoom in") returns None: it has no single expected class.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kinetograph.eval.motion import MotionClass
+
+_DIRECTIONS = {
+    "left": MotionClass.LEFT,
+    "right": MotionClass.RIGHT,
+    "up": MotionClass.UP,
+    "down": MotionClass.DOWN,
+}
+# Direction words and their class: "leftward(s)" etc.; "upward(s)" / "downward(s)".
+_DIR = r"(?P<dir>left|right|up|down)(?:wards?)?"
+_CAMERA_VERB = (
+    r"(?:pan|tilt|truck|track|dolly|crane|pedestal|boom)"
+    r"(?:s|es|ing|ning|ed|ned|ies|ied)?"
+)
+_GENERIC_VERB = (
+    r"(?:mov|slid|glid|drift|travel|turn|swing|swung|rotat|shift)"
+    r"(?:e|es|ed|ing|s|t|ts|ted|ting|ling|led|els|el)?"
+)
+_FILLER = r"(?:[\w-]+\W+){0,3}?"  # up to three words between verb and direction
+
+_ZOOM_IN = [
+    r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?in(?:to|wards?)?\b",
+    r"\bpush(?:es|ed|ing)?\W+in\b",
+    r"\bdoll(?:y|ies|ied|ying)\W+(?:in|forwards?)\b",
+    r"\bcamera\W+(?:[\w-]+\W+){0,2}?(?:moves?|moving|moved|travels?|travell?ing|glides?|gliding)"
+    r"\W+(?:[\w-]+\W+){0,1}?(?:closer|forwards?|towards?|in)\b",
+    r"\bcamera\W+(?:[\w-]+\W+){0,1}?approach(?:es|ing)?\b",
+]
+_ZOOM_OUT = [
+    r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?out\b",
+    r"\bpull(?:s|ed|ing)?\W+(?:back|out|away)\b",
+    r"\bdoll(?:y|ies|ied|ying)\W+(?:out|back|backwards?)\b",
+    r"\bcamera\W+(?:[\w-]+\W+){0,2}?(?:moves?|moving|moved|travels?|travell?ing|glides?|gliding)"
+    r"\W+(?:[\w-]+\W+){0,1}?(?:back|backwards?|away)\b",
+    r"\bwiden(?:s|ed|ing)?(?:\W+out)?\b",
+]
+_STATIC = [
+    r"\bstatic\b",
+    r"\bstill\W+(?:camera|shot|frame)\b",
+    r"\bcamera\W+(?:is|stays|remains|kept|held|being)\W+(?:[\w-]+\W+){0,1}?"
+    r"(?:still|static|fixed|stationary|locked|steady|motionless)\b",
+    r"\blocked[\s-]*off\b",
+    r"\b(?:on\W+a\W+)?tripod\b",
+    r"\b(?:fixed|stationary|motionless|locked)\W+camera\b",
+    r"\bno\W+camera\W+(?:motion|movement|moves?)\b",
+    r"\bcamera\W+(?:does\W+not|doesn't|doesnt|never)\W+moves?\b",
+]
+_NEGATION = re.compile(r"\b(?:no|not|without|never|don't|doesn't|isn't)\W+(?:[\w-]+\W+){0,1}$")
+
+
+def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
+    return [re.compile(p, re.IGNORECASE) for p in patterns]
+
+
+_DIRECTION_PATTERNS = _compile(
+    [
+        rf"\b{_CAMERA_VERB}\W+{_FILLER}(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
+        rf"\bcamera\W+(?:[\w-]+\W+){{0,2}}?{_GENERIC_VERB}\W+{_FILLER}"
+        rf"(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
+        rf"\b{_DIR}\W+(?:[\w-]+\W+){{0,1}}?{_CAMERA_VERB}\b",
+    ]
+)
+_ZOOM_IN_PATTERNS = _compile(_ZOOM_IN)
+_ZOOM_OUT_PATTERNS = _compile(_ZOOM_OUT)
+# Static phrases carry their own negation ("no camera motion"), so they are not negation-checked.
+_STATIC_PATTERNS = _compile(_STATIC)
+
+
+def _negated(text: str, start: int) -> bool:
+    return _NEGATION.search(text[:start]) is not None
+
+
+def expected_motion(prompt: str) -> MotionClass | None:
+    """The camera motion a prompt asks for, or None when it names none or several."""
+    text = " ".join(prompt.split())
+    found: set[MotionClass] = set()
+    for pattern in _DIRECTION_PATTERNS:
+        for m in pattern.finditer(text):
+            if not _negated(text, m.start()):
+                found.add(_DIRECTIONS[m.group("dir").lower()])
+    for patterns, cls in ((_ZOOM_IN_PATTERNS, MotionClass.ZOOM_IN), (_ZOOM_OUT_PATTERNS, MotionClass.ZOOM_OUT)):
+        for pattern in patterns:
+            if any(not _negated(text, m.start()) for m in pattern.finditer(text)):
+                found.add(cls)
+    if any(p.search(text) for p in _STATIC_PATTERNS):
+        found.add(MotionClass.STATIC)
+    return found.pop() if len(found) == 1 else None

@@ -1,0 +1,88 @@
+"""Prompt -> expected camera-motion class: common wordings, paraphrases, negations, conflicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from kinetograph.eval.motion import MotionClass
+from kinetograph.eval.prompts import expected_motion
+
+L, R, U, D = MotionClass.LEFT, MotionClass.RIGHT, MotionClass.UP, MotionClass.DOWN
+ZI, ZO, S = MotionClass.ZOOM_IN, MotionClass.ZOOM_OUT, MotionClass.STATIC
+
+CASES = [
+    # pans and tilts, verb first
+    ("the camera pans left", L),
+    ("Camera panning to the left over a city", L),
+    ("slow pan right across the beach", R),
+    ("pans slowly to the right", R),
+    ("camera pans up", U),
+    ("camera tilts up to the sky", U),
+    ("tilt down to the floor", D),
+    ("tracking shot to the left", L),
+    ("trucking right past the cars", R),
+    ("crane up over the crowd", U),
+    ("pedestal down", D),
+    ("dolly left", L),
+    # direction first
+    ("a leftward pan over the mountains", L),
+    ("upward tilt revealing the tower", U),
+    # generic verbs need the camera as subject
+    ("the camera slowly drifts right", R),
+    ("the camera moves to the left", L),
+    ("camera is moving upwards", U),
+    ("the camera turns right", R),
+    ("a dog runs to the left", None),
+    ("turn right at the corner", None),
+    ("a woman looks up", None),
+    ("birds flying up", None),
+    ("she picks up the phone", None),
+    # zoom in
+    ("zoom in on the cat", ZI),
+    ("zooming into the face", ZI),
+    ("the camera zooms in slowly", ZI),
+    ("slow zoom in", ZI),
+    ("push in on the actor", ZI),
+    ("dolly in", ZI),
+    ("the camera moves closer to the door", ZI),
+    ("camera slowly approaches the house", ZI),
+    # zoom out
+    ("zoom out to reveal the city", ZO),
+    ("zooms out slowly", ZO),
+    ("pull back from the subject", ZO),
+    ("camera pulls away", ZO),
+    ("the camera moves back", ZO),
+    ("dolly out", ZO),
+    ("widen out", ZO),
+    # static
+    ("static shot of a lake", S),
+    ("still camera, leaves rustle", S),
+    ("the camera is still", S),
+    ("the camera remains completely still", S),
+    ("locked-off shot", S),
+    ("filmed on a tripod", S),
+    ("no camera movement", S),
+    ("the camera does not move", S),
+    ("fixed camera", S),
+    ("a static shot, the camera does not move", S),
+    # negation, ambiguity, conflicts
+    ("static camera, no zoom", S),
+    ("without panning left", None),
+    ("the camera is static while a man walks to the right", S),
+    ("a slow zoom", None),
+    ("panning shot", None),
+    ("a pan of soup", None),
+    ("a cat on a sofa", None),
+    ("pan left then zoom in", None),
+    ("the camera pans left and zooms in", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("prompt", "expected"), CASES)
+def test_expected_motion(prompt, expected):
+    assert expected_motion(prompt) == expected
+
+
+def test_case_and_whitespace_insensitive():
+    assert expected_motion("THE   CAMERA\nPANS\tLEFT") == L
