@@ -97,3 +97,22 @@ def test_pickle_needs_flag(checkpoint, tmp_path, capsys):
     torch.save(load_file(checkpoint), ckpt)
     code, err = run(["convert", str(ckpt), str(tmp_path / "o.safetensors"), "--to", "original"], capsys)
     assert code == 2 and "pickle" in err
+
+
+def test_eval_generates_with_the_checkpoint_and_writes_report(checkpoint, tmp_path, capsys):
+    import json
+
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({
+        "name": "mini",
+        "images": [{"id": "chelsea", "source": str(ASSETS / "chelsea.jpg")}],
+        "prompts": [{"id": "left", "text": "the camera pans left", "expected": "left"}],
+        "motion_buckets": [40, 200],
+        "seeds": [0],
+    }))
+    code, err = run(["eval", "--checkpoint", str(checkpoint), "--suite", str(suite), "-o", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    cases = report["cases"]
+    assert len(cases) == 2 and all(c["status"] == "ok" for c in cases), cases
+    assert (tmp_path / "r" / "report.html").is_file()

@@ -51,8 +51,14 @@ def test_control_fidelity_counts():
     assert c.n_scored == 5 and c.accuracy == pytest.approx(3 / 5)
     assert (c.per_class["left"].n, c.per_class["left"].correct) == (3, 2)
     assert c.per_class["zoom_in"].accuracy == 0.0
-    assert c.confusion == {"left": {"left": 2, "right": 1}, "static": {"static": 1}, "zoom_in": {"static": 1}}
-    assert c.spearman == pytest.approx(spearmanr([40, 127, 220, 40, 127, 220], [0.5, 1.0, 2.0, 0.0, 0.1, 3.0]).statistic)
+    assert c.confusion == {
+        "left": {"left": 2, "right": 1},
+        "static": {"static": 1},
+        "zoom_in": {"static": 1},
+    }
+    assert c.spearman == pytest.approx(
+        spearmanr([40, 127, 220, 40, 127, 220], [0.5, 1.0, 2.0, 0.0, 0.1, 3.0]).statistic
+    )
     assert c.spearman_within == pytest.approx(1.0) and c.n_groups == 2
 
 
@@ -71,7 +77,12 @@ def colour_tower(frames: np.ndarray) -> np.ndarray:
 
 
 def text_tower(prompts):
-    table = {"red": [1.0, 0.0, 0.0], "green": [0.0, 1.0, 0.0], "grey": [1.0, 1.0, 1.0], "anti": [-1.0, 0.0, 0.0]}
+    table = {
+        "red": [1.0, 0.0, 0.0],
+        "green": [0.0, 1.0, 0.0],
+        "grey": [1.0, 1.0, 1.0],
+        "anti": [-1.0, 0.0, 0.0],
+    }
     return np.array([table[p] for p in prompts])
 
 

@@ -44,7 +44,9 @@ def test_frechet_distance_diagonal_and_identity_cases():
     assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(1 + 4 + 1 + 0 + 4)
     # sigma1 = I, sigma2 = [[2, 1], [1, 2]] (eigenvalues 1, 3): tr = 2 + 4 - 2 (1 + sqrt 3)
     s2 = np.array([[2.0, 1.0], [1.0, 2.0]])
-    assert frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), s2) == pytest.approx(6 - 2 * (1 + math.sqrt(3)))
+    assert frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), s2) == pytest.approx(
+        6 - 2 * (1 + math.sqrt(3))
+    )
 
 
 def test_frechet_distance_non_commuting_matches_sqrtm_and_is_symmetric():
@@ -54,7 +56,9 @@ def test_frechet_distance_non_commuting_matches_sqrtm_and_is_symmetric():
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
     reference = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-8)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        frechet_distance(mu2, s2, mu1, s1), rel=1e-8
+    )
 
 
 def test_fvd_from_features_zero_for_equal_sets_and_mean_shift():
@@ -121,7 +125,9 @@ def random_state(seed: int = 0) -> dict[str, torch.Tensor]:
             fan_in = math.prod(v.shape[1:])
             state[k] = torch.randn(v.shape, generator=g) * math.sqrt(2.0 / fan_in)
         else:  # BN weight/bias/running_mean, logits bias
-            state[k] = torch.randn(v.shape, generator=g) * 0.2 + (1.0 if k.endswith("bn.weight") else 0.0)
+            state[k] = torch.randn(v.shape, generator=g) * 0.2 + (
+                1.0 if k.endswith("bn.weight") else 0.0
+            )
     return state
 
 
@@ -138,8 +144,14 @@ def reference_i3d(state: dict[str, torch.Tensor], x: torch.Tensor, eps: float) -
     def unit(x, name, stride=(1, 1, 1)):
         w = state[f"{name}.conv3d.weight"]
         x = F.conv3d(pad(x, w.shape[2:], stride), w, stride=stride)
-        x = F.batch_norm(x, state[f"{name}.bn.running_mean"], state[f"{name}.bn.running_var"],
-                         state[f"{name}.bn.weight"], state[f"{name}.bn.bias"], eps=eps)
+        x = F.batch_norm(
+            x,
+            state[f"{name}.bn.running_mean"],
+            state[f"{name}.bn.running_var"],
+            state[f"{name}.bn.weight"],
+            state[f"{name}.bn.bias"],
+            eps=eps,
+        )
         return F.relu(x)
 
     def pool(x, kernel, stride):
@@ -172,7 +184,10 @@ def weights(tmp_path_factory):
     state = random_state()
     folder = tmp_path_factory.mktemp("i3d")
     torch.save(state, folder / "i3d.pt")
-    save_file({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, str(folder / "i3d.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+        str(folder / "i3d.safetensors"),
+    )
     return state, folder
 
 
@@ -211,6 +226,9 @@ def test_loader_rejects_missing_files_keys_and_shapes(weights, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_i3d(tmp_path / "junk.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_i3d(tmp_path / "junk.safetensors")
 
 
 def test_preprocess_resizes_crops_and_scales():

@@ -13,7 +13,13 @@ from kinetograph.eval.clips import fit_image, luminance
 from kinetograph.eval.evaluate import evaluate_video
 from kinetograph.eval.fidelity import first_frame_fidelity, psnr, ssim
 from kinetograph.eval.flow import FlowConfig, consistent, farneback, video_flow
-from kinetograph.eval.motion import MotionClass, camera_motion, classify, fit_similarity, mean_flow_magnitude
+from kinetograph.eval.motion import (
+    MotionClass,
+    camera_motion,
+    classify,
+    fit_similarity,
+    mean_flow_magnitude,
+)
 from kinetograph.eval.synthetic import camera_clip
 from kinetograph.eval.temporal import Flicker, flicker, warping_error
 
@@ -29,7 +35,9 @@ def shifted_crops(image: np.ndarray, dx: int, dy: int, frames: int, size=SIZE) -
     """Crops whose window moves by (dx, dy) per frame: the content moves by (-dx, -dy)."""
     h, w = size
     x0, y0 = 100, 100
-    return np.stack([image[y0 + k * dy : y0 + k * dy + h, x0 + k * dx : x0 + k * dx + w] for k in range(frames)])
+    return np.stack(
+        [image[y0 + k * dy : y0 + k * dy + h, x0 + k * dx : x0 + k * dx + w] for k in range(frames)]
+    )
 
 
 # --- first-frame fidelity ---------------------------------------------------------------------
@@ -48,7 +56,13 @@ def test_ssim_matches_the_paper_settings_and_orders_degradations():
     light = np.clip(a + rng.normal(0, 5, a.shape), 0, 255).astype(np.uint8)
     heavy = np.clip(a + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8)
     reference = structural_similarity(
-        a, light, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        a,
+        light,
+        channel_axis=-1,
+        data_range=255,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
     )
     assert ssim(a, light) == pytest.approx(reference, abs=1e-12)
     assert ssim(a, a) == pytest.approx(1.0)
@@ -85,7 +99,9 @@ def test_metrics_reject_wrong_dtype_and_layout():
 # --- flow and motion --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "dx", "dy"), [("chelsea", 3, 0), ("coffee", 0, 2), ("astronaut", 3, 4)])
+@pytest.mark.parametrize(
+    ("name", "dx", "dy"), [("chelsea", 3, 0), ("coffee", 0, 2), ("astronaut", 3, 4)]
+)
 def test_known_shift_gives_expected_flow_magnitude(name, dx, dy):
     video = shifted_crops(photo(name), dx, dy, 6)
     expected = np.hypot(dx, dy)
@@ -153,7 +169,9 @@ def test_classify_thresholds():
 
 
 def test_consistency_rejects_the_revealed_strip():
-    video = shifted_crops(photo("coffee"), 4, 0, 2)  # content moves left 4 px: 4 new columns at the right
+    video = shifted_crops(
+        photo("coffee"), 4, 0, 2
+    )  # content moves left 4 px: 4 new columns at the right
     flow = video_flow(video)
     pair = flow.pairs[0]
     # In frame t, the leftmost columns leave the frame: their forward match lands outside.

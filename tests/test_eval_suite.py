@@ -37,14 +37,30 @@ def write(path, text):
 def test_user_suite_json_with_files_string_prompts_and_explicit_cases(tmp_path):
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.full((20, 30, 3), 7, np.uint8)).save(tmp_path / "photos" / "flat.png")
-    suite = load_suite(write(tmp_path / "s.json", json.dumps({
-        "name": "mine",
-        "images": [{"id": "flat", "source": "photos/flat.png"}, {"id": "cam", "source": "skimage:camera"}],
-        "prompts": ["zoom out slowly", {"id": "free", "text": "a cat yawns", "expected": None},
-                    {"id": "forced", "text": "anything", "expected": "up"}],
-        "motion_buckets": [10], "seeds": [1, 2],
-        "cases": [{"image": "cam", "prompt": "free", "motion_bucket_id": 99, "seed": 5}],
-    })))
+    suite = load_suite(
+        write(
+            tmp_path / "s.json",
+            json.dumps(
+                {
+                    "name": "mine",
+                    "images": [
+                        {"id": "flat", "source": "photos/flat.png"},
+                        {"id": "cam", "source": "skimage:camera"},
+                    ],
+                    "prompts": [
+                        "zoom out slowly",
+                        {"id": "free", "text": "a cat yawns", "expected": None},
+                        {"id": "forced", "text": "anything", "expected": "up"},
+                    ],
+                    "motion_buckets": [10],
+                    "seeds": [1, 2],
+                    "cases": [
+                        {"image": "cam", "prompt": "free", "motion_bucket_id": 99, "seed": 5}
+                    ],
+                }
+            ),
+        )
+    )
     assert len(suite.cases) == 2 * 3 * 1 * 2 + 1
     prompts = {p.id: p for p in suite.prompts}
     assert prompts["p0"].expected == MotionClass.ZOOM_OUT  # parsed from the text
@@ -56,7 +72,10 @@ def test_user_suite_json_with_files_string_prompts_and_explicit_cases(tmp_path):
 
 
 def test_user_suite_toml(tmp_path):
-    suite = load_suite(write(tmp_path / "s.toml", """
+    suite = load_suite(
+        write(
+            tmp_path / "s.toml",
+            """
 name = "t"
 motion_buckets = [1, 2, 3]
 seeds = [0]
@@ -66,7 +85,9 @@ source = "skimage:astronaut"
 [[prompts]]
 id = "l"
 text = "pan left"
-"""))
+""",
+        )
+    )
     assert [c.id for c in suite.cases] == ["a-l-m1-s0", "a-l-m2-s0", "a-l-m3-s0"]
     assert suite.prompts[0].expected == MotionClass.LEFT
 
@@ -75,15 +96,46 @@ text = "pan left"
     ("doc", "message"),
     [
         ({"images": [], "prompts": ["x"]}, "'images' must be a non-empty"),
-        ({"images": [{"id": "a", "source": "skimage:astronaut"}], "prompts": ["x"], "seeds": [0], "motion_buckets": [1],
-          "bucket": 3}, "unknown keys \\['bucket'\\]"),
+        (
+            {
+                "images": [{"id": "a", "source": "skimage:astronaut"}],
+                "prompts": ["x"],
+                "seeds": [0],
+                "motion_buckets": [1],
+                "bucket": 3,
+            },
+            "unknown keys \\['bucket'\\]",
+        ),
         ({"images": [{"id": "a b", "source": "x.png"}], "prompts": ["x"]}, "image id 'a b'"),
-        ({"images": [{"id": "a", "source": "x"}, {"id": "a", "source": "y"}], "prompts": ["x"]}, "duplicate image ids"),
-        ({"images": [{"id": "a", "source": "x"}], "prompts": [{"text": "x", "expected": "sideways"}]}, "not one of"),
+        (
+            {"images": [{"id": "a", "source": "x"}, {"id": "a", "source": "y"}], "prompts": ["x"]},
+            "duplicate image ids",
+        ),
+        (
+            {
+                "images": [{"id": "a", "source": "x"}],
+                "prompts": [{"text": "x", "expected": "sideways"}],
+            },
+            "not one of",
+        ),
         ({"images": [{"id": "a", "source": "x"}], "prompts": ["x"]}, "no cases"),
-        ({"images": [{"id": "a", "source": "x"}], "prompts": ["x"], "motion_buckets": [2000], "seeds": [0]}, "0, 1023"),
-        ({"images": [{"id": "a", "source": "x"}], "prompts": ["x"],
-          "cases": [{"image": "b", "prompt": "p0", "motion_bucket_id": 1, "seed": 0}]}, "unknown image 'b'"),
+        (
+            {
+                "images": [{"id": "a", "source": "x"}],
+                "prompts": ["x"],
+                "motion_buckets": [2000],
+                "seeds": [0],
+            },
+            "0, 1023",
+        ),
+        (
+            {
+                "images": [{"id": "a", "source": "x"}],
+                "prompts": ["x"],
+                "cases": [{"image": "b", "prompt": "p0", "motion_bucket_id": 1, "seed": 0}],
+            },
+            "unknown image 'b'",
+        ),
     ],
 )
 def test_invalid_suites_name_the_problem(tmp_path, doc, message):
@@ -96,7 +148,18 @@ def test_unreadable_suites(tmp_path):
         load_suite(tmp_path / "missing.json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_suite(write(tmp_path / "bad.json", "{"))
-    suite = load_suite(write(tmp_path / "s.json", json.dumps(
-        {"images": [{"id": "a", "source": "skimage:nonexistent"}], "prompts": ["x"], "motion_buckets": [1], "seeds": [0]})))
+    suite = load_suite(
+        write(
+            tmp_path / "s.json",
+            json.dumps(
+                {
+                    "images": [{"id": "a", "source": "skimage:nonexistent"}],
+                    "prompts": ["x"],
+                    "motion_buckets": [1],
+                    "seeds": [0],
+                }
+            ),
+        )
+    )
     with pytest.raises(InputError, match="no sample image 'nonexistent'"):
         load_suite_image(suite.images[0], suite.base)

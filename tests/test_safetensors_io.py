@@ -168,11 +168,11 @@ def test_save_is_atomic_on_failure(tmp_path: Path, sd: dict[str, torch.Tensor], 
     path = save_state_dict(sd, tmp_path / "w.safetensors", metadata={"v": "old"})
     before = path.read_bytes()
 
-    def half_written(tensors, filename, metadata=None):
+    def half_written(tensors, filename, metadata=None):  # dies halfway, like a full disk
         Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(st, "save_file", half_written)
+    monkeypatch.setattr(st, "_write_streaming", half_written)
     new = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
     with pytest.raises(OutputError, match="could not write"):
         save_state_dict(new, path, metadata={"v": "new"})
@@ -211,3 +211,40 @@ def test_check_state_dict_messages() -> None:
     assert "unexpected extra.a" in msg
     assert "mis-shaped out.bias (expected (4), got (5))" in msg
     assert "\n" not in msg
+
+
+def test_streaming_writer_and_reader_agree_with_the_reference_library(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    sd = {
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).to(torch.bfloat16),
+        "c": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "scalar": torch.tensor(4.5),
+        "empty": torch.zeros(0, 4),
+        "half": torch.randn(2, 2).half(),
+    }
+    ours = st.save_state_dict(sd, tmp_path / "ours.safetensors", metadata={"k": "v"})
+    back = load_file(ours)  # the reference reader accepts our file ...
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    assert st.read_metadata(ours) == {"k": "v"}
+    save_file(sd, tmp_path / "ref.safetensors", metadata={"k": "v"})
+    for path in (ours, tmp_path / "ref.safetensors"):  # ... and our reader reads both
+        with st.SafetensorsReader(path) as r:
+            assert r.metadata == {"k": "v"} and r.shapes == {k: tuple(v.shape) for k, v in sd.items()}
+            for k, v in sd.items():
+                got = r.get(k)
+                assert got.dtype == v.dtype and torch.equal(got, v)
+                assert got.data_ptr() % 16 == 0  # own, aligned memory, not a view of the file
+            assert r.get("a", dtype=torch.float16).dtype == torch.float16
+            assert r.get("c", dtype=torch.float16).dtype == torch.int64  # integers keep their dtype
+
+
+def test_reader_rejects_truncated_and_garbage_files(tmp_path: Path) -> None:
+    good = st.save_state_dict({"w": torch.randn(64)}, tmp_path / "g.safetensors")
+    data = good.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-10])
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    for name in ("cut.safetensors", "junk.safetensors"):
+        with pytest.raises(CheckpointError, match="safetensors"):
+            st.SafetensorsReader(tmp_path / name)

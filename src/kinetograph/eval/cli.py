@@ -5,6 +5,9 @@ seed) -> uint8 (t, h, w, 3)`, so this module never imports the pipeline. `make_e
 it as a Typer command; the top-level CLI registers it with its own generator factory:
 
     app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint) -> fn
+
+Importing this module is cheap: OpenCV, scikit-image, matplotlib and torch load only when
+`eval_command` runs, so `kinetograph --help` stays fast.
 """
 
 from __future__ import annotations
@@ -13,30 +16,36 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 
 from kinetograph import __version__
 from kinetograph.errors import InputError, OutputError
-from kinetograph.eval.clip_score import ClipEmbedders, clip_consistency, clip_score
-from kinetograph.eval.clips import VIDEO_SUFFIXES, check_video, find_video, fit_image, read_video, write_mp4
-from kinetograph.eval.control import ControlCase, control_fidelity
-from kinetograph.eval.fidelity import PrepareImage
-from kinetograph.eval.flow import FlowConfig
-from kinetograph.eval.fvd import fvd_from_features, i3d_features, load_i3d
-from kinetograph.eval.evaluate import evaluate_video
-from kinetograph.eval.motion import MotionConfig
-from kinetograph.eval.report import contact_sheet, save_png, write_report
-from kinetograph.eval.suite import load_suite, load_suite_image
 
-GenerateFn = Callable[[Path, str, int, int], np.ndarray]  # (image_path, prompt, bucket, seed) -> video
+if TYPE_CHECKING:
+    import numpy as np
+
+    from kinetograph.eval.clip_score import ClipEmbedders
+    from kinetograph.eval.fidelity import PrepareImage
+    from kinetograph.eval.flow import FlowConfig
+    from kinetograph.eval.motion import MotionConfig
+    from kinetograph.eval.suite import Case
+
+GenerateFn = Callable[
+    [Path, str, int, int], "np.ndarray"
+]  # (image_path, prompt, bucket, seed) -> video
 Log = Callable[[str], None]
 
 _MEAN_KEYS = (
-    "psnr", "ssim", "flicker_luminance", "flicker_high_frequency", "flicker_luminance_jitter",
-    "flicker_high_frequency_jitter", "warping_error", "flow_magnitude",
+    "psnr",
+    "ssim",
+    "flicker_luminance",
+    "flicker_high_frequency",
+    "flicker_luminance_jitter",
+    "flicker_high_frequency_jitter",
+    "warping_error",
+    "flow_magnitude",
 )
 
 
@@ -44,14 +53,56 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
     d = asdict(metrics)
     motion = d.pop("motion")
     d.update(
-        translation=list(motion["translation"]), divergence=motion["divergence"], rotation=motion["rotation"],
-        translation_speed=motion["translation_speed"], zoom_speed=motion["zoom_speed"],
+        translation=list(motion["translation"]),
+        divergence=motion["divergence"],
+        rotation=motion["rotation"],
+        translation_speed=motion["translation_speed"],
+        zoom_speed=motion["zoom_speed"],
     )
     return d
 
 
+def _case_record(case: Case) -> dict[str, Any]:
+    """The report entry of a case before it is scored."""
+    return {
+        "id": case.id,
+        "image": case.image.id,
+        "prompt_id": case.prompt.id,
+        "prompt": case.prompt.text,
+        "expected_motion": case.prompt.expected.value if case.prompt.expected else None,
+        "motion_bucket_id": case.motion_bucket_id,
+        "seed": case.seed,
+        "group": case.group,
+        "status": "ok",  # or "missing" / "error" (with `error`)
+        "error": None,
+        "video": None,
+        "contact_sheet": None,
+    }
+
+
+def _means(ok: list[dict[str, Any]], notes: list[str]) -> dict[str, float | None]:
+    """Per-metric means over the scored cases; non-finite values (PSNR inf) are left out."""
+    import numpy as np
+
+    means = {}
+    for key in _MEAN_KEYS:
+        values = [c["metrics"][key] for c in ok if c["metrics"][key] is not None]
+        finite = [v for v in values if np.isfinite(v)]
+        if len(finite) < len(values):
+            notes.append(
+                f"{len(values) - len(finite)} videos have a non-finite {key} (identical frame 0); "
+                "the mean is over the others"
+            )
+        means[key] = float(np.mean(finite)) if finite else None
+    return means
+
+
 def _reference_videos(folder: Path) -> list[np.ndarray]:
-    entries = sorted(p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES)
+    from kinetograph.eval.clips import VIDEO_SUFFIXES, read_video
+
+    entries = sorted(
+        p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
+    )
     return [read_video(p) for p in entries]
 
 
@@ -65,11 +116,11 @@ def eval_command(
     i3d_weights: Path | None = None,  # FVD: I3D state dict (piergiaj/VideoGPT layout)
     fvd_reference: Path | None = None,  # FVD: folder of real videos to compare against
     clip: ClipEmbedders | None = None,  # CLIP towers; None skips the CLIP scores
-    prepare_image: PrepareImage = fit_image,  # conditioning image -> output size, for PSNR/SSIM
+    prepare_image: PrepareImage | None = None,  # image -> output size (PSNR/SSIM); None: fit_image
     save_videos: bool = True,  # write generated videos to out/videos/<case>.mp4
     fps: int = 7,  # of the saved mp4s
-    flow_cfg: FlowConfig = FlowConfig(),
-    motion_cfg: MotionConfig = MotionConfig(),
+    flow_cfg: FlowConfig | None = None,  # None: FlowConfig()
+    motion_cfg: MotionConfig | None = None,  # None: MotionConfig()
     device: str = "cpu",  # for I3D
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -79,10 +130,27 @@ def eval_command(
     a folder of frames `<case id>/`); missing ones are listed, not fatal. Otherwise each case is
     generated with `generate_fn`. `checkpoint` is only recorded. Returns the report dict.
     """
+    import numpy as np
+
+    from kinetograph.eval.clip_score import clip_consistency, clip_score
+    from kinetograph.eval.clips import check_video, find_video, fit_image, read_video, write_mp4
+    from kinetograph.eval.control import ControlCase, control_fidelity
+    from kinetograph.eval.evaluate import evaluate_video
+    from kinetograph.eval.flow import FlowConfig
+    from kinetograph.eval.fvd import fvd_from_features, i3d_features, load_i3d
+    from kinetograph.eval.motion import MotionConfig
+    from kinetograph.eval.report import contact_sheet, save_png, write_report
+    from kinetograph.eval.suite import load_suite, load_suite_image
+
+    prepare_image = prepare_image or fit_image
+    flow_cfg = flow_cfg or FlowConfig()
+    motion_cfg = motion_cfg or MotionConfig()
     say = log or (lambda _msg: None)
     suite_obj = load_suite(suite)
     if videos is None and generate_fn is None:
-        raise InputError("nothing to evaluate: pass --videos DIR with existing videos, or --checkpoint PATH to generate them")
+        raise InputError(
+            "nothing to evaluate: pass --videos DIR with existing videos, or --checkpoint PATH to generate them"
+        )
     if videos is not None and not videos.is_dir():
         raise InputError(f"--videos {videos} is not a folder")
     notes: list[str] = []
@@ -90,22 +158,32 @@ def eval_command(
     # Optional feature networks: fail now on a bad path, skip with a reason when not asked for.
     i3d = None
     if i3d_weights is None:
-        fvd_block: dict[str, Any] = {"status": "skipped", "reason": "no I3D weights given (--i3d PATH: the FVD "
-                                     "InceptionI3d state dict, e.g. VideoGPT's i3d_pretrained_400.pt)"}
+        fvd_block: dict[str, Any] = {
+            "status": "skipped",
+            "reason": "no I3D weights given (--i3d PATH: the FVD "
+            "InceptionI3d state dict, e.g. VideoGPT's i3d_pretrained_400.pt)",
+        }
     elif fvd_reference is None:
-        fvd_block = {"status": "skipped", "reason": "no reference videos given (--fvd-reference DIR of real videos)"}
+        fvd_block = {
+            "status": "skipped",
+            "reason": "no reference videos given (--fvd-reference DIR of real videos)",
+        }
     else:
         if not fvd_reference.is_dir():
             raise InputError(f"--fvd-reference {fvd_reference} is not a folder of videos")
         i3d = load_i3d(i3d_weights, device=device)
         fvd_block = {"status": "pending"}
     if clip is None:
-        clip_block: dict[str, Any] = {"status": "skipped", "reason": "no CLIP model supplied (needs the CLIP text "
-                                      "and image towers)"}
+        clip_block: dict[str, Any] = {
+            "status": "skipped",
+            "reason": "no CLIP model supplied (needs the CLIP text and image towers)",
+        }
     else:
         clip_block = {"status": "ok", "model": clip.name}
         if clip.text is None:
-            notes.append("CLIP score skipped: the CLIP model has no text tower; frame consistency only")
+            notes.append(
+                "CLIP score skipped: the CLIP model has no text tower; frame consistency only"
+            )
 
     try:
         for sub in ("inputs", "sheets") + (("videos",) if videos is None and save_videos else ()):
@@ -122,17 +200,14 @@ def eval_command(
     control_cases: list[ControlCase] = []
     fake_features, clip_scores, consistencies = [], [], []
     for n, case in enumerate(suite_obj.cases, 1):
-        record: dict[str, Any] = {
-            "id": case.id, "image": case.image.id, "prompt_id": case.prompt.id, "prompt": case.prompt.text,
-            "expected_motion": case.prompt.expected.value if case.prompt.expected else None,
-            "motion_bucket_id": case.motion_bucket_id, "seed": case.seed, "group": case.group,
-            "status": "ok", "error": None, "video": None, "contact_sheet": None,
-        }
+        record = _case_record(case)
         cases.append(record)
         if videos is not None:
             found = find_video(videos, case.id)
             if found is None:
-                record.update(status="missing", error=f"no video named {case.id}.* or {case.id}/ in {videos}")
+                record.update(
+                    status="missing", error=f"no video named {case.id}.* or {case.id}/ in {videos}"
+                )
                 continue
             try:
                 frames = check_video(read_video(found), str(found), min_frames=2)
@@ -142,20 +217,34 @@ def eval_command(
             record["video"] = str(found)
         else:
             say(f"[{n}/{len(suite_obj.cases)}] generating {case.id}")
-            frames = generate_fn(image_paths[case.image.id], case.prompt.text, case.motion_bucket_id, case.seed)
+            frames = generate_fn(
+                image_paths[case.image.id], case.prompt.text, case.motion_bucket_id, case.seed
+            )
             check_video(frames, f"generated video for case {case.id}", min_frames=2)
             if save_videos:
                 write_mp4(out / "videos" / f"{case.id}.mp4", frames, fps=fps)
                 record["video"] = f"videos/{case.id}.mp4"
-        metrics = evaluate_video(frames, images[case.image.id], prepare=prepare_image,
-                                 flow_cfg=flow_cfg, motion_cfg=motion_cfg)
+        metrics = evaluate_video(
+            frames,
+            images[case.image.id],
+            prepare=prepare_image,
+            flow_cfg=flow_cfg,
+            motion_cfg=motion_cfg,
+        )
         measured = metrics.motion.label
         record.update(
-            metrics=_metrics_dict(metrics), measured_motion=measured.value,
+            metrics=_metrics_dict(metrics),
+            measured_motion=measured.value,
             correct=None if case.prompt.expected is None else measured == case.prompt.expected,
         )
         control_cases.append(
-            ControlCase(case.prompt.expected, measured, case.motion_bucket_id, metrics.flow_magnitude, case.group)
+            ControlCase(
+                case.prompt.expected,
+                measured,
+                case.motion_bucket_id,
+                metrics.flow_magnitude,
+                case.group,
+            )
         )
         save_png(out / "sheets" / f"{case.id}.png", contact_sheet(frames, images[case.image.id]))
         record["contact_sheet"] = f"sheets/{case.id}.png"
@@ -171,39 +260,49 @@ def eval_command(
 
     ok = [c for c in cases if c["status"] == "ok"]
     if not ok:
-        raise InputError(f"no case could be evaluated ({len(cases)} missing or unreadable); check --videos names")
+        raise InputError(
+            f"no case could be evaluated ({len(cases)} missing or unreadable); check --videos names"
+        )
     control = control_fidelity(control_cases)
-    means = {}
-    for key in _MEAN_KEYS:
-        values = [c["metrics"][key] for c in ok if c["metrics"][key] is not None]
-        finite = [v for v in values if np.isfinite(v)]
-        if len(finite) < len(values):
-            notes.append(f"{len(values) - len(finite)} videos have a non-finite {key} (identical frame 0); "
-                         f"the mean is over the others")
-        means[key] = float(np.mean(finite)) if finite else None
 
     if i3d is not None:
         real = _reference_videos(fvd_reference)
         if len(real) < 2 or len(fake_features) < 2:
-            fvd_block = {"status": "skipped", "reason": f"FVD needs at least 2 real and 2 generated videos "
-                         f"(got {len(real)} and {len(fake_features)})"}
+            fvd_block = {
+                "status": "skipped",
+                "reason": f"FVD needs at least 2 real and 2 generated videos "
+                f"(got {len(real)} and {len(fake_features)})",
+            }
         else:
             real_features = i3d_features(i3d, real)
-            fvd_block = {"status": "ok", "value": fvd_from_features(real_features, np.stack(fake_features)),
-                         "n_real": len(real), "n_generated": len(fake_features), "weights": str(i3d_weights)}
+            fvd_block = {
+                "status": "ok",
+                "value": fvd_from_features(real_features, np.stack(fake_features)),
+                "n_real": len(real),
+                "n_generated": len(fake_features),
+                "weights": str(i3d_weights),
+            }
             if min(len(real), len(fake_features)) < real_features.shape[1]:
-                notes.append("FVD from fewer videos than feature dimensions (400) is biased and noisy; "
-                             "compare only runs with the same counts")
+                notes.append(
+                    "FVD from fewer videos than feature dimensions (400) is biased and noisy; "
+                    "compare only runs with the same counts"
+                )
     if clip is not None:
-        clip_block.update(mean_score=float(np.mean(clip_scores)) if clip_scores else None,
-                          mean_consistency=float(np.mean(consistencies)) if consistencies else None)
+        clip_block.update(
+            mean_score=float(np.mean(clip_scores)) if clip_scores else None,
+            mean_consistency=float(np.mean(consistencies)) if consistencies else None,
+        )
 
     report: dict[str, Any] = {
         "schema": "kinetograph.eval/1",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "kinetograph_version": __version__,
-        "suite": {"name": suite_obj.name, "description": suite_obj.description,
-                  "path": str(suite) if suite else "default", "n_cases": len(suite_obj.cases)},
+        "suite": {
+            "name": suite_obj.name,
+            "description": suite_obj.description,
+            "path": str(suite) if suite else "default",
+            "n_cases": len(suite_obj.cases),
+        },
         "checkpoint": str(checkpoint) if checkpoint else None,
         "source": "videos" if videos is not None else "generated",
         "videos_dir": str(videos) if videos is not None else None,
@@ -213,13 +312,13 @@ def eval_command(
             "n_evaluated": len(ok),
             "n_missing": sum(c["status"] == "missing" for c in cases),
             "n_failed": sum(c["status"] == "error" for c in cases),
-            "mean": means,
+            "mean": _means(ok, notes),
             "control": {
-                "accuracy": control.accuracy, "n_scored": control.n_scored,
-                "per_class": {k: {"n": v.n, "correct": v.correct, "accuracy": v.accuracy}
-                              for k, v in control.per_class.items()},
-                "confusion": control.confusion, "spearman": control.spearman,
-                "spearman_within": control.spearman_within, "n_groups": control.n_groups,
+                **asdict(control),
+                "per_class": {
+                    k: {"n": v.n, "correct": v.correct, "accuracy": v.accuracy}
+                    for k, v in control.per_class.items()
+                },
             },
         },
         "fvd": fvd_block,
@@ -232,26 +331,39 @@ def eval_command(
     return report
 
 
-def make_eval_cli(make_generate_fn: Callable[[Path], GenerateFn] | None = None) -> Callable[..., None]:
+def make_eval_cli(
+    make_generate_fn: Callable[[Path], GenerateFn] | None = None,
+) -> Callable[..., None]:
     """The `kinetograph eval` Typer command; `make_generate_fn(checkpoint)` builds the generator
     (None: only `--videos` works)."""
 
     def eval_cli(
         out: Annotated[Path, typer.Option("-o", "--out", help="Report folder (created).")],
         checkpoint: Annotated[
-            Path | None, typer.Option("--checkpoint", help="Model checkpoint used to generate the suite's videos.")
+            Path | None,
+            typer.Option(
+                "--checkpoint", help="Model checkpoint used to generate the suite's videos."
+            ),
         ] = None,
         suite: Annotated[
-            Path | None, typer.Option("--suite", help="Suite file (.json/.toml); default: the shipped suite.")
+            Path | None,
+            typer.Option("--suite", help="Suite file (.json/.toml); default: the shipped suite."),
         ] = None,
         videos: Annotated[
-            Path | None, typer.Option("--videos", help="Score existing videos named <case id>.mp4 etc. instead.")
+            Path | None,
+            typer.Option(
+                "--videos", help="Score existing videos named <case id>.mp4 etc. instead."
+            ),
         ] = None,
         i3d: Annotated[
-            Path | None, typer.Option("--i3d", help="I3D weights for FVD (piergiaj/VideoGPT InceptionI3d state dict).")
+            Path | None,
+            typer.Option(
+                "--i3d", help="I3D weights for FVD (piergiaj/VideoGPT InceptionI3d state dict)."
+            ),
         ] = None,
         fvd_reference: Annotated[
-            Path | None, typer.Option("--fvd-reference", help="Folder of real videos FVD compares against.")
+            Path | None,
+            typer.Option("--fvd-reference", help="Folder of real videos FVD compares against."),
         ] = None,
         device: Annotated[str, typer.Option("--device", help="Device for I3D.")] = "cpu",
     ) -> None:
@@ -259,13 +371,24 @@ def make_eval_cli(make_generate_fn: Callable[[Path], GenerateFn] | None = None) 
         generate_fn = None
         if videos is None:
             if checkpoint is None:
-                raise InputError("pass --checkpoint PATH to generate the suite's videos, or --videos DIR to score existing ones")
+                raise InputError(
+                    "pass --checkpoint PATH to generate the suite's videos, or --videos DIR to score existing ones"
+                )
             if make_generate_fn is None:
-                raise InputError("this build cannot generate videos; pass --videos DIR to score existing ones")
+                raise InputError(
+                    "this build cannot generate videos; pass --videos DIR to score existing ones"
+                )
             generate_fn = make_generate_fn(checkpoint)
         report = eval_command(
-            checkpoint, suite, out, videos, generate_fn=generate_fn, i3d_weights=i3d,
-            fvd_reference=fvd_reference, device=device, log=lambda msg: typer.echo(msg, err=True),
+            checkpoint,
+            suite,
+            out,
+            videos,
+            generate_fn=generate_fn,
+            i3d_weights=i3d,
+            fvd_reference=fvd_reference,
+            device=device,
+            log=lambda msg: typer.echo(msg, err=True),
         )
         summary = report["summary"]
         accuracy = summary["control"]["accuracy"]

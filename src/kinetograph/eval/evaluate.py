@@ -40,7 +40,9 @@ def evaluate_video(
     """Fidelity (when `conditioning` is given), flicker, warping error and motion of a clip."""
     check_video(video, min_frames=2)
     flow = video_flow(video, flow_cfg)
-    fidelity = first_frame_fidelity(video, conditioning, prepare) if conditioning is not None else None
+    fidelity = (
+        first_frame_fidelity(video, conditioning, prepare) if conditioning is not None else None
+    )
     steadiness = flicker(video)
     t, h, w, _ = video.shape
     return VideoMetrics(

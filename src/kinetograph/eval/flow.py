@@ -84,11 +84,17 @@ def sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     h, w = flow.shape[:2]
     xs, ys = _grid(h, w)
     return cv2.remap(
-        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        image,
+        xs + flow[..., 0],
+        ys + flow[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
     )
 
 
-def consistent(flow_ab: np.ndarray, flow_ba: np.ndarray, cfg: FlowConfig = FlowConfig()) -> np.ndarray:
+def consistent(
+    flow_ab: np.ndarray, flow_ba: np.ndarray, cfg: FlowConfig = FlowConfig()
+) -> np.ndarray:
     """Bool (h, w) on a's grid: the match lands inside b and b's flow leads back (Sundaram 2010)."""
     h, w = flow_ab.shape[:2]
     xs, ys = _grid(h, w)
@@ -96,7 +102,9 @@ def consistent(flow_ab: np.ndarray, flow_ba: np.ndarray, cfg: FlowConfig = FlowC
     inside = (x2 >= 0) & (x2 <= w - 1) & (y2 >= 0) & (y2 <= h - 1)
     back = sample(flow_ba, flow_ab)  # b's flow at the matched point
     round_trip = np.sum((flow_ab + back) ** 2, axis=-1)
-    tolerance = cfg.fb_alpha * (np.sum(flow_ab**2, axis=-1) + np.sum(back**2, axis=-1)) + cfg.fb_beta
+    tolerance = (
+        cfg.fb_alpha * (np.sum(flow_ab**2, axis=-1) + np.sum(back**2, axis=-1)) + cfg.fb_beta
+    )
     return inside & (round_trip < tolerance)
 
 
@@ -130,6 +138,8 @@ def video_flow(video: np.ndarray, cfg: FlowConfig = FlowConfig()) -> VideoFlow:
     for a, b in zip(gray[:-1], gray[1:]):
         fwd, bwd = farneback(a, b, cfg), farneback(b, a, cfg)
         pairs.append(
-            PairFlow(fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg), textured(a, cfg))
+            PairFlow(
+                fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg), textured(a, cfg)
+            )
         )
     return VideoFlow(frames=frames, pairs=pairs, scale=scale)

@@ -49,7 +49,9 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 def _pad_same(x: torch.Tensor, kernel: Triple, stride: Triple) -> torch.Tensor:
     t, h, w = x.shape[2:]
-    (tb, ta), (hb, ha), (wb, wa) = (same_padding(s, k, st) for s, k, st in zip((t, h, w), kernel, stride))
+    (tb, ta), (hb, ha), (wb, wa) = (
+        same_padding(s, k, st) for s, k, st in zip((t, h, w), kernel, stride)
+    )
     return F.pad(x, (wb, wa, hb, ha, tb, ta))  # zeros: inputs to the max pools are post-ReLU
 
 
@@ -57,8 +59,15 @@ class Unit3D(nn.Module):
     """Conv3d (no bias) + BatchNorm3d + ReLU with SAME padding; the logits unit has bias only."""
 
     def __init__(
-        self, c_in: int, c_out: int, kernel: Triple = (1, 1, 1), stride: Triple = (1, 1, 1),
-        bn_eps: float = 1e-5, activation: bool = True, batch_norm: bool = True, bias: bool = False,
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: Triple = (1, 1, 1),
+        stride: Triple = (1, 1, 1),
+        bn_eps: float = 1e-5,
+        activation: bool = True,
+        batch_norm: bool = True,
+        bias: bool = False,
     ):
         super().__init__()
         self.kernel, self.stride, self.activation = kernel, stride, activation
@@ -147,10 +156,22 @@ class InceptionI3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in (
-            self.Conv3d_1a_7x7, self.MaxPool3d_2a_3x3, self.Conv3d_2b_1x1, self.Conv3d_2c_3x3,
-            self.MaxPool3d_3a_3x3, self.Mixed_3b, self.Mixed_3c, self.MaxPool3d_4a_3x3,
-            self.Mixed_4b, self.Mixed_4c, self.Mixed_4d, self.Mixed_4e, self.Mixed_4f,
-            self.MaxPool3d_5a_2x2, self.Mixed_5b, self.Mixed_5c,
+            self.Conv3d_1a_7x7,
+            self.MaxPool3d_2a_3x3,
+            self.Conv3d_2b_1x1,
+            self.Conv3d_2c_3x3,
+            self.MaxPool3d_3a_3x3,
+            self.Mixed_3b,
+            self.Mixed_3c,
+            self.MaxPool3d_4a_3x3,
+            self.Mixed_4b,
+            self.Mixed_4c,
+            self.Mixed_4d,
+            self.Mixed_4e,
+            self.Mixed_4f,
+            self.MaxPool3d_5a_2x2,
+            self.Mixed_5b,
+            self.Mixed_5c,
         ):
             x = block(x)
         x = self.logits(self.avg_pool(x))  # (b, classes, t', 1, 1); dropout is identity in eval
@@ -160,14 +181,20 @@ class InceptionI3d(nn.Module):
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read I3D weights {path}: {e}") from e
     try:
         # weights_only: the restricted unpickler, tensors and containers only, no code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(f"cannot read I3D weights {path}: {e}; pass a state dict (.pt/.safetensors)") from e
+        raise CheckpointError(
+            f"cannot read I3D weights {path}: {e}; pass a state dict (.pt/.safetensors)"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -175,7 +202,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_i3d(path: Path, cfg: I3DConfig = I3DConfig(), device: str | torch.device = "cpu") -> InceptionI3d:
+def load_i3d(
+    path: Path, cfg: I3DConfig = I3DConfig(), device: str | torch.device = "cpu"
+) -> InceptionI3d:
     """Load an I3D state dict in the piergiaj/VideoGPT layout (strict: names and shapes)."""
     path = Path(path)
     if not path.is_file():
@@ -185,16 +214,27 @@ def load_i3d(path: Path, cfg: I3DConfig = I3DConfig(), device: str | torch.devic
     state = _read_state_dict(path)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in InceptionI3d(cfg).state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+        expected = {
+            k: v.shape
+            for k, v in InceptionI3d(cfg).state_dict().items()
+            if not k.endswith("num_batches_tracked")
+        }
+    missing, unexpected = (
+        sorted(expected.keys() - state.keys()),
+        sorted(state.keys() - expected.keys()),
+    )
     if missing or unexpected:
         raise CheckpointError(
             f"{path} is not an InceptionI3d (piergiaj layout) state dict: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
-    wrong = [(k, tuple(state[k].shape), tuple(s)) for k, s in expected.items() if state[k].shape != s]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(s)) for k, s in expected.items() if state[k].shape != s
+    ]
     if wrong:
-        raise CheckpointError(f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {wrong[:3]}")
+        raise CheckpointError(
+            f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {wrong[:3]}"
+        )
     model = InceptionI3d(cfg)
     model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
     return model.eval().to(device)
@@ -220,7 +260,9 @@ def i3d_features(model: InceptionI3d, videos: Sequence[np.ndarray]) -> np.ndarra
     features = []
     for i, video in enumerate(videos):
         if len(video) < model.cfg.min_frames:
-            raise InputError(f"FVD needs at least {model.cfg.min_frames} frames per video; video {i} has {len(video)}")
+            raise InputError(
+                f"FVD needs at least {model.cfg.min_frames} frames per video; video {i} has {len(video)}"
+            )
         x = preprocess(video, model.cfg.resolution)[None].to(device)  # (1, 3, t, r, r)
         features.append(model(x).double().cpu().numpy()[0])
     return np.stack(features)
@@ -238,7 +280,9 @@ def _psd_sqrt(a: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
     """Squared Frechet (2-Wasserstein) distance of N(mu1, sigma1) and N(mu2, sigma2):
     |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
 

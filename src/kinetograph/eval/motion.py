@@ -99,7 +99,10 @@ def fit_similarity(flow: np.ndarray, mask: np.ndarray) -> tuple[float, float, fl
 
 
 def classify(
-    translation: tuple[float, float], zoom_speed: float, divergence: float, diagonal: float,
+    translation: tuple[float, float],
+    zoom_speed: float,
+    divergence: float,
+    diagonal: float,
     cfg: MotionConfig = MotionConfig(),
 ) -> MotionClass:
     """The camera-motion class from the content's mean flow and zoom (see module docstring)."""

@@ -102,7 +102,10 @@ def expected_motion(prompt: str) -> MotionClass | None:
         for m in pattern.finditer(text):
             if not _negated(text, m.start()):
                 found.add(_DIRECTIONS[m.group("dir").lower()])
-    for patterns, cls in ((_ZOOM_IN_PATTERNS, MotionClass.ZOOM_IN), (_ZOOM_OUT_PATTERNS, MotionClass.ZOOM_OUT)):
+    for patterns, cls in (
+        (_ZOOM_IN_PATTERNS, MotionClass.ZOOM_IN),
+        (_ZOOM_OUT_PATTERNS, MotionClass.ZOOM_OUT),
+    ):
         for pattern in patterns:
             if any(not _negated(text, m.start()) for m in pattern.finditer(text)):
                 found.add(cls)

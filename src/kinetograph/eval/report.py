@@ -23,7 +23,6 @@ from kinetograph.errors import OutputError
 from kinetograph.eval.clips import check_video, fit_image
 from kinetograph.eval.motion import MotionClass
 
-
 # --- contact sheets -------------------------------------------------------------------------
 
 
@@ -44,7 +43,9 @@ def contact_sheet(
         tiles.append(("input", fit_image(conditioning, (h, w))))
     tiles += [(f"t={i}", video[i]) for i in picks]
     label_h, gap = 14, 2
-    sheet = Image.new("RGB", (len(tiles) * (tw + gap) + gap, thumb_height + label_h + gap), (24, 24, 24))
+    sheet = Image.new(
+        "RGB", (len(tiles) * (tw + gap) + gap, thumb_height + label_h + gap), (24, 24, 24)
+    )
     draw = ImageDraw.Draw(sheet)
     for k, (label, frame) in enumerate(tiles):
         x = gap + k * (tw + gap)
@@ -87,15 +88,21 @@ def plot_bucket_vs_motion(cases: Sequence[dict], path: Path) -> None:
     for members in groups.values():
         members = sorted(members, key=lambda c: c["motion_bucket_id"])
         ax.plot(
-            [c["motion_bucket_id"] for c in members], [c["metrics"]["flow_magnitude"] for c in members],
-            color=colours[members[0]["expected_motion"]], alpha=0.35, linewidth=1,
+            [c["motion_bucket_id"] for c in members],
+            [c["metrics"]["flow_magnitude"] for c in members],
+            color=colours[members[0]["expected_motion"]],
+            alpha=0.35,
+            linewidth=1,
         )
     for cls in classes:
         members = [c for c in cases if c["expected_motion"] == cls]
         if members:
             ax.scatter(
-                [c["motion_bucket_id"] for c in members], [c["metrics"]["flow_magnitude"] for c in members],
-                color=colours[cls], label=cls or "no expectation", s=18,
+                [c["motion_bucket_id"] for c in members],
+                [c["metrics"]["flow_magnitude"] for c in members],
+                color=colours[cls],
+                label=cls or "no expectation",
+                s=18,
             )
     ax.set_xlabel("motion_bucket_id")
     ax.set_ylabel("mean optical flow (px/frame)")
@@ -114,8 +121,13 @@ def plot_class_accuracy(per_class: dict[str, dict], path: Path) -> None:
     accuracy = [per_class[n]["accuracy"] for n in names]
     bars = ax.bar(names, accuracy, color="C0")
     for bar, n in zip(bars, names):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02,
-                f"{per_class[n]['correct']}/{per_class[n]['n']}", ha="center", fontsize=8)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height() + 0.02,
+            f"{per_class[n]['correct']}/{per_class[n]['n']}",
+            ha="center",
+            fontsize=8,
+        )
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("accuracy")
     ax.set_title("Camera-motion accuracy per prompt class")
@@ -128,8 +140,10 @@ def plot_flicker(cases: Sequence[dict], path: Path) -> None:
     """Histograms of luminance flicker and high-frequency flicker over the evaluated videos."""
     fig = _figure(8.0, 3.5)
     for k, (key, label) in enumerate(
-        [("flicker_luminance", "luminance flicker (gray levels/frame)"),
-         ("flicker_high_frequency", "high-frequency flicker (relative/frame)")]
+        [
+            ("flicker_luminance", "luminance flicker (gray levels/frame)"),
+            ("flicker_high_frequency", "high-frequency flicker (relative/frame)"),
+        ]
     ):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.hist([c["metrics"][key] for c in cases], bins=20, color=f"C{k + 2}")
@@ -205,7 +219,9 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _table(rows: Sequence[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    return (
+        "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    )
 
 
 def render_html(report: dict) -> str:
@@ -218,20 +234,36 @@ def render_html(report: dict) -> str:
         ("checkpoint", _e(report["checkpoint"] or "-")),
         ("created", _e(report["created"])),
         ("kinetograph", _e(report["kinetograph_version"])),
-        ("videos evaluated", _e(f"{s['n_evaluated']} (missing {s['n_missing']}, failed {s['n_failed']})")),
+        (
+            "videos evaluated",
+            _e(f"{s['n_evaluated']} (missing {s['n_missing']}, failed {s['n_failed']})"),
+        ),
     ]
     means = [(k, _num(v)) for k, v in s["mean"].items()]
     control = [
         ("motion-class accuracy", _e(f"{_num(ctrl['accuracy'])} over {ctrl['n_scored']} cases")),
         ("Spearman(bucket, magnitude), all cases", _num(ctrl["spearman"])),
-        ("Spearman within groups (mean)", _e(f"{_num(ctrl['spearman_within'])} over {ctrl['n_groups']} groups")),
+        (
+            "Spearman within groups (mean)",
+            _e(f"{_num(ctrl['spearman_within'])} over {ctrl['n_groups']} groups"),
+        ),
     ]
     extras = []
     for key, title in (("fvd", "FVD"), ("clip", "CLIP")):
         block = report[key]
         if block["status"] == "ok":
-            extras.append((title, _e(", ".join(f"{k}={_num(v) if not isinstance(v, str) else v}"
-                                               for k, v in block.items() if k != "status"))))
+            extras.append(
+                (
+                    title,
+                    _e(
+                        ", ".join(
+                            f"{k}={_num(v) if not isinstance(v, str) else v}"
+                            for k, v in block.items()
+                            if k != "status"
+                        )
+                    ),
+                )
+            )
         else:
             extras.append((title, f"<span class='muted'>skipped: {_e(block['reason'])}</span>"))
 
@@ -241,41 +273,76 @@ def render_html(report: dict) -> str:
         f"<h1>{_e('kinetograph eval: ' + report['suite']['name'])}</h1>",
         f"<p>{_e(report['suite']['description'])}</p>",
         _table(head),
-        "<h2>Summary</h2>", _table(means), _table(control), _table(extras),
+        "<h2>Summary</h2>",
+        _table(means),
+        _table(control),
+        _table(extras),
     ]
     if ctrl["confusion"]:
         measured = [c.value for c in MotionClass]
         rows = "".join(
-            f"<tr><th>{_e(exp)}</th>" + "".join(f"<td>{row.get(m, 0)}</td>" for m in measured) + "</tr>"
+            f"<tr><th>{_e(exp)}</th>"
+            + "".join(f"<td>{row.get(m, 0)}</td>" for m in measured)
+            + "</tr>"
             for exp, row in ctrl["confusion"].items()
         )
-        parts.append("<h3>Confusion (rows: prompt class, columns: measured)</h3><table><tr><th></th>"
-                     + "".join(f"<th>{_e(m)}</th>" for m in measured) + f"</tr>{rows}</table>")
+        parts.append(
+            "<h3>Confusion (rows: prompt class, columns: measured)</h3><table><tr><th></th>"
+            + "".join(f"<th>{_e(m)}</th>" for m in measured)
+            + f"</tr>{rows}</table>"
+        )
     if report["notes"]:
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")
+        parts.append(
+            "<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>"
+        )
     if report["plots"]:
-        parts.append("<h2>Plots</h2>" + "".join(
-            f"<img class='plot' src='{_e(p)}' alt='{_e(name)}'>" for name, p in report["plots"].items()))
+        parts.append(
+            "<h2>Plots</h2>"
+            + "".join(
+                f"<img class='plot' src='{_e(p)}' alt='{_e(name)}'>"
+                for name, p in report["plots"].items()
+            )
+        )
 
     parts.append("<h2>Cases</h2>")
     for c in report["cases"]:
-        title = f"{c['id']}: {c['prompt']!r}, motion bucket {c['motion_bucket_id']}, seed {c['seed']}"
+        title = (
+            f"{c['id']}: {c['prompt']!r}, motion bucket {c['motion_bucket_id']}, seed {c['seed']}"
+        )
         parts.append(f"<h3 id='{_e(c['id'])}'>{_e(title)}</h3>")
         if c["status"] != "ok":
             parts.append(f"<p class='bad'>{_e(c['status'])}: {_e(c['error'])}</p>")
             continue
         m = c["metrics"]
-        verdict = "-" if c["correct"] is None else (
-            "<span class='ok'>match</span>" if c["correct"] else "<span class='bad'>mismatch</span>")
+        verdict = (
+            "-"
+            if c["correct"] is None
+            else (
+                "<span class='ok'>match</span>"
+                if c["correct"]
+                else "<span class='bad'>mismatch</span>"
+            )
+        )
         rows = [
-            ("expected / measured motion", _e(f"{c['expected_motion'] or '-'} / {c['measured_motion']}") + f" ({verdict})"),
+            (
+                "expected / measured motion",
+                _e(f"{c['expected_motion'] or '-'} / {c['measured_motion']}") + f" ({verdict})",
+            ),
             ("flow magnitude (px/frame)", _num(m["flow_magnitude"])),
             ("translation dx, dy (px/frame)", _e(", ".join(_num(v) for v in m["translation"]))),
             ("divergence (1/frame)", _num(m["divergence"])),
             ("PSNR (dB) / SSIM frame 0", _e(f"{_num(m['psnr'], 2)} / {_num(m['ssim'])}")),
-            ("flicker luminance / high-freq", _e(f"{_num(m['flicker_luminance'])} / {_num(m['flicker_high_frequency'])}")),
-            ("jitter luminance / high-freq", _e(f"{_num(m['flicker_luminance_jitter'])} / "
-                                                f"{_num(m['flicker_high_frequency_jitter'])}")),
+            (
+                "flicker luminance / high-freq",
+                _e(f"{_num(m['flicker_luminance'])} / {_num(m['flicker_high_frequency'])}"),
+            ),
+            (
+                "jitter luminance / high-freq",
+                _e(
+                    f"{_num(m['flicker_luminance_jitter'])} / "
+                    f"{_num(m['flicker_high_frequency_jitter'])}"
+                ),
+            ),
             ("warping error", _num(m["warping_error"])),
             ("frames, size", _e(f"{m['frames']}, {m['width']}x{m['height']}")),
         ]
@@ -297,7 +364,9 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
         import matplotlib  # noqa: F401 - probe only
     except ImportError:
         report["plots"] = {}
-        report["notes"].append("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        report["notes"].append(
+            "plots skipped: matplotlib is not installed (pip install matplotlib)"
+        )
     else:
         report["plots"] = write_plots(report, out)
     safe = json_safe(report)

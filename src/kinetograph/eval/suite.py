@@ -89,13 +89,17 @@ def _fail(path: Path, message: str) -> InputError:
 
 def _check_id(value: Any, where: str, path: Path) -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise _fail(path, f"{where} id {value!r} must be a non-empty string of letters, digits, _ . -")
+        raise _fail(
+            path, f"{where} id {value!r} must be a non-empty string of letters, digits, _ . -"
+        )
     return value
 
 
 def _int_list(raw: dict, key: str, path: Path, lo: int, hi: int) -> list[int]:
     values = raw.get(key, [])
-    if not isinstance(values, list) or not all(isinstance(v, int) and lo <= v <= hi for v in values):
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and lo <= v <= hi for v in values
+    ):
         raise _fail(path, f"'{key}' must be a list of integers in [{lo}, {hi}]")
     return values
 
@@ -107,7 +111,9 @@ def _parse_prompt(entry: Any, index: int, path: Path) -> SuitePrompt:
         raise _fail(path, f"prompt {index} must be a string or an object with 'text'")
     unknown = set(entry) - {"id", "text", "expected"}
     if unknown:
-        raise _fail(path, f"prompt {index} has unknown keys {sorted(unknown)}; allowed: id, text, expected")
+        raise _fail(
+            path, f"prompt {index} has unknown keys {sorted(unknown)}; allowed: id, text, expected"
+        )
     if "expected" in entry:
         raw = entry["expected"]
         names = [c.value for c in MotionClass]
@@ -116,7 +122,9 @@ def _parse_prompt(entry: Any, index: int, path: Path) -> SuitePrompt:
         expected = MotionClass(raw) if raw is not None else None
     else:
         expected = expected_motion(entry["text"])
-    return SuitePrompt(_check_id(entry.get("id", f"p{index}"), "prompt", path), entry["text"], expected)
+    return SuitePrompt(
+        _check_id(entry.get("id", f"p{index}"), "prompt", path), entry["text"], expected
+    )
 
 
 def parse_suite(raw: Any, path: Path, base: Path | None) -> Suite:
@@ -133,14 +141,20 @@ def parse_suite(raw: Any, path: Path, base: Path | None) -> Suite:
         raise _fail(path, "'prompts' must be a non-empty list")
     images = []
     for i, entry in enumerate(images_raw):
-        if not isinstance(entry, dict) or set(entry) != {"id", "source"} or not isinstance(entry["source"], str):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"id", "source"}
+            or not isinstance(entry["source"], str)
+        ):
             raise _fail(path, f"image {i} must be an object with exactly 'id' and 'source'")
         images.append(SuiteImage(_check_id(entry["id"], "image", path), entry["source"]))
     prompts = [_parse_prompt(p, i, path) for i, p in enumerate(prompts_raw)]
     for kind, items in (("image", images), ("prompt", prompts)):
         ids = [x.id for x in items]
         if len(set(ids)) != len(ids):
-            raise _fail(path, f"duplicate {kind} ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+            raise _fail(
+                path, f"duplicate {kind} ids: {sorted({i for i in ids if ids.count(i) > 1})}"
+            )
 
     buckets = _int_list(raw, "motion_buckets", path, 0, 1023)
     seeds = _int_list(raw, "seeds", path, 0, 2**63 - 1)
@@ -154,10 +168,14 @@ def parse_suite(raw: Any, path: Path, base: Path | None) -> Suite:
         if not isinstance(c, dict) or set(c) != keys:
             raise _fail(path, f"case {i} must have exactly the keys {sorted(keys)}")
         if c["image"] not in by_image or c["prompt"] not in by_prompt:
-            raise _fail(path, f"case {i} names unknown image {c['image']!r} or prompt {c['prompt']!r}")
+            raise _fail(
+                path, f"case {i} names unknown image {c['image']!r} or prompt {c['prompt']!r}"
+            )
         if not isinstance(c["motion_bucket_id"], int) or not isinstance(c["seed"], int):
             raise _fail(path, f"case {i}: motion_bucket_id and seed must be integers")
-        grid.append((by_image[c["image"]], by_prompt[c["prompt"]], c["motion_bucket_id"], c["seed"]))
+        grid.append(
+            (by_image[c["image"]], by_prompt[c["prompt"]], c["motion_bucket_id"], c["seed"])
+        )
     if not grid:
         raise _fail(path, "no cases: give 'motion_buckets' and 'seeds' for the grid, or 'cases'")
 
@@ -168,7 +186,14 @@ def parse_suite(raw: Any, path: Path, base: Path | None) -> Suite:
     if len(set(ids)) != len(ids):
         raise _fail(path, "the same case appears twice (grid and 'cases' overlap?)")
     name = raw.get("name", path.stem)
-    return Suite(str(name), str(raw.get("description", "")), tuple(images), tuple(prompts), tuple(cases), base)
+    return Suite(
+        str(name),
+        str(raw.get("description", "")),
+        tuple(images),
+        tuple(prompts),
+        tuple(cases),
+        base,
+    )
 
 
 def load_suite(path: Path | None = None) -> Suite:

@@ -63,12 +63,17 @@ def camera_clip(
         centre = start + step * i
         # Inverse map output -> photo: q = centre + (p - out_centre) / zoom.
         m = np.array(
-            [[1 / zoom[i], 0, centre[0] - out_centre[0] / zoom[i]],
-             [0, 1 / zoom[i], centre[1] - out_centre[1] / zoom[i]]]
+            [
+                [1 / zoom[i], 0, centre[0] - out_centre[0] / zoom[i]],
+                [0, 1 / zoom[i], centre[1] - out_centre[1] / zoom[i]],
+            ]
         )
         frames.append(
             cv2.warpAffine(
-                photo, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                photo,
+                m,
+                (w, h),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_REFLECT,
             )
         )

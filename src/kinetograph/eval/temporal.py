@@ -58,7 +58,9 @@ def flicker(video: np.ndarray, sigma: float = 1.0) -> Flicker:
     )
 
 
-def warping_error(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()) -> float:
+def warping_error(
+    video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()
+) -> float:
     """Mean squared RGB error (values in [0, 1]) between frame t+1 and frame t warped onto it.
 
     For each pixel p of frame t+1 the backward flow b (t+1 -> t) gives its source p + b(p) in
@@ -71,6 +73,8 @@ def warping_error(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowCon
     for t, pair in enumerate(flow.pairs):
         predicted = sample(frames[t], pair.backward)  # frame t on frame t+1's grid
         squared = np.mean((frames[t + 1] - predicted) ** 2, axis=-1)  # (h, w)
-        mask = pair.backward_valid if pair.backward_valid.any() else np.ones_like(pair.backward_valid)
+        mask = (
+            pair.backward_valid if pair.backward_valid.any() else np.ones_like(pair.backward_valid)
+        )
         errors.append(float(squared[mask].mean()))
     return float(np.mean(errors))

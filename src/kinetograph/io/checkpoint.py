@@ -1,7 +1,7 @@
 """Load, save and convert SVD checkpoints in the official single-file and the diffusers folder layouts.
 
 Loading builds the model on the meta device, checks the file's key set and shapes strictly against
-it, then reads one tensor at a time from the memory-mapped file (cast on the way) and assigns it,
+it, then reads one tensor at a time straight into its own memory (cast on the way) and assigns it,
 so a checkpoint never sits in memory twice.
 """
 
@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from kinetograph.errors import CheckpointError, InputError
 from kinetograph.io import layout_sgm as sgm
 from kinetograph.io.diffusers_unet import (
@@ -34,7 +32,7 @@ from kinetograph.io.diffusers_vae import (
     vae_from_diffusers,
     vae_to_diffusers,
 )
-from kinetograph.io.safetensors import check_state_dict, load_state_dict, save_state_dict
+from kinetograph.io.safetensors import SafetensorsReader, check_state_dict, load_state_dict, save_state_dict
 from kinetograph.io.transformers_clip import (
     clip_config_from_transformers,
     clip_from_transformers,
@@ -65,20 +63,16 @@ class Loaded:
 @dataclass
 class _Source:
     shapes: dict[str, tuple[int, ...]]
-    _get: object = field(repr=False)  # key -> Tensor
+    _get: object = field(repr=False)  # (key, dtype, device) -> Tensor in its own memory
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def get(self, key: str) -> torch.Tensor:
-        return self._get(key)
+    def get(self, key: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        return self._get(key, dtype, device)
 
 
 def _open_safetensors(path: Path, stack: ExitStack) -> _Source:
-    try:
-        f = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-    except Exception as e:  # safetensors raises several types for a bad header
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-download or re-convert it") from None
-    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    return _Source(shapes, f.get_tensor, f.metadata() or {})
+    reader = stack.enter_context(SafetensorsReader(path))
+    return _Source(reader.shapes, reader.get, reader.metadata)
 
 
 def _open_file(path: Path, stack: ExitStack, allow_pickle: bool) -> _Source:
@@ -88,7 +82,7 @@ def _open_file(path: Path, stack: ExitStack, allow_pickle: bool) -> _Source:
         return _open_safetensors(path, stack)
     # Pickle files: refused unless allowed, then loaded with weights_only (io.safetensors enforces both).
     sd = load_state_dict(path, allow_pickle=allow_pickle)
-    return _Source({k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__)
+    return _Source({k: tuple(v.shape) for k, v in sd.items()}, lambda k, dtype, device: _cast(sd[k], device, dtype))
 
 
 def _open_component(folder: Path, stem: str, stack: ExitStack, variant: str | None) -> _Source:
@@ -103,7 +97,7 @@ def _open_component(folder: Path, stem: str, stack: ExitStack, variant: str | No
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
             parts = {f: _open_safetensors(folder / f, stack) for f in sorted(set(weight_map.values()))}
             shapes = {k: parts[f].shapes[k] for k, f in weight_map.items()}
-            return _Source(shapes, lambda k: parts[weight_map[k]].get(k))
+            return _Source(shapes, lambda k, dtype, device: parts[weight_map[k]].get(k, dtype, device))
     if any(folder.glob(f"{stem}*.bin")):
         raise CheckpointError(
             f"{folder}: only pickle .bin weights found; convert them to safetensors (refusing pickle by default)"
@@ -145,9 +139,11 @@ def _assign(model: SVD, tensors: Iterator[tuple[str, torch.Tensor]], layout: str
 
 
 def _cast(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None) -> torch.Tensor:
-    if dtype is not None and t.is_floating_point():
-        t = t.to(dtype)
-    return t.to(device)
+    """A tensor of a pickle (a view of its memory-mapped file) into its own memory, cast on the way."""
+    dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+    out = torch.empty(t.shape, dtype=dtype, device=device)
+    out.copy_(t)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +213,7 @@ def _load_sgm(path, stack, device, dtype, preset, allow_pickle) -> tuple[SVD, Pr
         for key in src.shapes:
             name = sgm.sgm_to_ours(key)
             if name is not None:
-                yield name, _cast(src.get(key), device, dtype)
+                yield name, src.get(key, dtype, device)
 
     _assign(model, tensors(), "original")
     dup_keys = [k for k in src.shapes if sgm.classify(k) == "duplicate"]
@@ -229,7 +225,7 @@ def _warn_if_duplicates_differ(model: SVD, src: _Source, keys: list[str]) -> Non
     params = model.state_dict()
     for key in keys:
         ours = params[sgm.duplicate_source(key)]
-        if not torch.equal(src.get(key).to(ours.dtype), ours.cpu()):
+        if not torch.equal(src.get(key, ours.dtype), ours.cpu()):
             warnings.warn(
                 f"{key} differs from its conditioner copy; using the conditioner's encoder (as sgm inference does)",
                 stacklevel=3,
@@ -267,7 +263,7 @@ def _load_diffusers(folder: Path, stack, device, dtype, preset, variant) -> tupl
         src = _open_component(sub, stem, stack, variant)
         expected = _meta_shapes(getattr(model, prefix))
         # Key maps only rename (and split/transpose CLIP's packed projections): map real tensors one component at a time.
-        sd = {k: _cast(src.get(k), device, dtype) for k in src.shapes}
+        sd = {k: src.get(k, dtype, device) for k in src.shapes}
         ours = from_diffusers(sd)
         check_state_dict(expected, {k: tuple(v.shape) for k, v in ours.items()}, f"diffusers {prefix}/")
         loaded.update({f"{prefix}.{k}": v for k, v in ours.items()})

@@ -1,28 +1,108 @@
-"""Weight files: memory-mapped safetensors in, atomic safetensors out, pickle only when asked.
+"""Weight files: safetensors in and out, tensor by tensor; pickle only when asked.
 
 Loading a pickle (`.ckpt`, `.pt`, `.pth`, `.bin`) can run arbitrary code, so it is refused unless
 the caller opts in, and even then goes through `torch.load(weights_only=True)`, which only
-rebuilds tensors and plain containers. SVD checkpoints are ~10 GB of fp32: safetensors are read
-through a memory map and cast tensor by tensor, so casting to fp16 never holds two full copies.
+rebuilds tensors and plain containers. SVD checkpoints are ~10 GB of fp32: `SafetensorsReader`
+reads each tensor straight from the file into its own aligned memory (cast on the way), and
+`save_state_dict` streams tensors to disk, so neither ever holds a second copy of the model.
+The format (https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian header
+length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then the bytes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import secrets
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from kinetograph.errors import CheckpointError, OutputError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SHOW = 3  # offenders named per category in a mismatch message
+MAX_HEADER = 100_000_000  # bytes; the reference implementation's limit
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsReader:
+    """Random access to a safetensors file without a memory map.
+
+    `get` reads one tensor with `readinto` into a fresh tensor: aligned, anonymous memory that the
+    kernel cannot evict mid-sampling (a mapped view can be), and no mapped pages kept resident.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = _safetensors_path(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close() / the context manager
+        try:
+            self._parse_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _parse_header(self) -> None:
+        bad = f"{self.path} is not a valid safetensors file"
+        raw = self._file.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{bad} (too short); re-download or re-convert it")
+        (n,) = struct.unpack("<Q", raw)
+        size = self.path.stat().st_size
+        if n > min(MAX_HEADER, size - 8):
+            raise CheckpointError(f"{bad} (header length {n}); re-download or re-convert it")
+        try:
+            header = json.loads(self._file.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{bad} (header: {e}); re-download or re-convert it") from None
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, e in header.items():
+            try:
+                dtype = DTYPES[e["dtype"]]
+                shape = tuple(int(d) for d in e["shape"])
+                begin, end = (8 + n + int(o) for o in e["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{bad} (entry {key!r}); re-download or re-convert it") from None
+            numel = 1
+            for d in shape:
+                numel *= d
+            if end - begin != numel * dtype.itemsize or end > size or begin < 8 + n:
+                raise CheckpointError(f"{bad} (entry {key!r} has the wrong byte range; truncated?)")
+            self._entries[key] = (dtype, shape, begin, end)
+        self.shapes: dict[str, tuple[int, ...]] = {k: e[1] for k, e in self._entries.items()}
+
+    def get(self, key: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Tensor `key`; floating-point tensors are cast to `dtype` when given."""
+        stored, shape, begin, end = self._entries[key]
+        out = torch.empty(shape, dtype=stored)
+        self._file.seek(begin)
+        if end > begin:
+            view = memoryview(out.view(-1).view(torch.uint8).numpy())
+            if self._file.readinto(view) != end - begin:
+                raise CheckpointError(f"{self.path}: unexpected end of file reading {key}; re-download it")
+        target = dtype if dtype is not None and out.is_floating_point() else stored
+        return out.to(device=device, dtype=target)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def load_state_dict(
@@ -85,9 +165,9 @@ def save_state_dict(
 
     tensors, seen = {}, set()
     for key, t in sd.items():
-        t = t.detach().contiguous()
-        storage = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
-        if storage in seen:  # tied weights: safetensors refuses shared storage, so store a copy
+        t = t.detach().to("cpu").contiguous()
+        storage = t.untyped_storage().data_ptr() if t.numel() else None
+        if storage in seen:  # tied weights share storage: write each under its own name
             t = t.clone()
         elif storage is not None:
             seen.add(storage)
@@ -96,15 +176,36 @@ def save_state_dict(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        _write_streaming(tensors, tmp, metadata)
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"could not write {path}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_streaming(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
+    """The safetensors format written tensor by tensor (the reference `save_file` first copies every
+    tensor to bytes, doubling peak memory: 19 GB for an fp32 SVD checkpoint)."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key, t in tensors.items():
+        if t.dtype not in DTYPE_NAMES:
+            raise TypeError(f"{key}: dtype {t.dtype} cannot be stored in safetensors")
+        nbytes = t.numel() * t.element_size()
+        header[key] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
 
 
 def check_state_dict(

@@ -253,7 +253,9 @@ class SpatialVideoTransformer(nn.Module):
             x = self.time_mixer(x, x_temporal, image_only_indicator, pattern="b t -> (b t) 1 1")
 
         x = self.proj_out(x)
-        x = rearrange(x, "bt (h w) c -> bt c h w", h=h, w=w)
+        # Back to a contiguous (N, C, H, W): a channels-last view here would make every later conv
+        # re-layout its weights on each call.
+        x = rearrange(x, "bt (h w) c -> bt c h w", h=h, w=w).contiguous()
         return x + x_in
 
 

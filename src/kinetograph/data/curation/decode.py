@@ -116,7 +116,11 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "fast"}
+        # x264 with its lookahead/macroblock-tree (and threads) gave different bytes from run to run
+        # on the same frames; without them the shards are reproducible. Clips are short and
+        # parallelism is per clip, so the lost speed and the small loss in quality do not matter.
+        x264 = "threads=1:sliced-threads=0:rc-lookahead=0:mbtree=0"
+        stream.options = {"crf": str(crf), "preset": "fast", "x264-params": x264}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

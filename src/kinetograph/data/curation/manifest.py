@@ -141,7 +141,16 @@ class ResumeLog:
         return done
 
     def append(self, entry: dict) -> None:
+        # A killed run can leave a last line without newline; start on a fresh line after it.
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        else:
+            torn = False
         with self.path.open("a", encoding="utf-8") as f:
+            if torn:
+                f.write("\n")
             f.write(json.dumps({**entry, "analysis": self.analysis_key}, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())

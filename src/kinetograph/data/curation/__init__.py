@@ -1,0 +1,1 @@
+"""Curation: raw videos -> measured, filtered, captioned clips (see pipeline.curate)."""
