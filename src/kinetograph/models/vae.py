@@ -122,7 +122,8 @@ class AttnBlock(nn.Module):
         # (b, c, h, w) -> (b, 1, h*w, c): one head of width c
         q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c") for f in (self.q, self.k, self.v))
         h = F.scaled_dot_product_attention(q, k, v)
-        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height, w=width)
+        # Contiguous (b, c, h, w): a channels-last view would make every later conv re-layout its weights.
+        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height, w=width).contiguous()
         return x + self.proj_out(h)
 
 
