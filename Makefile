@@ -27,7 +27,7 @@ demo: setup
 	  echo "For a real video: make demo CHECKPOINT=/path/to/svd_xt.safetensors"; \
 	  test -f outputs/tiny-random.safetensors || $(VENV)/bin/kinetograph init outputs/tiny-random.safetensors --preset tiny; \
 	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --prompt "the camera pans left" \
-	    --checkpoint outputs/tiny-random.safetensors --height 256 --width 256 --frames 14 -o $(OUT); \
+	    --checkpoint outputs/tiny-random.safetensors --frames 14 -o $(OUT); \
 	else \
 	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --checkpoint "$(CHECKPOINT)" -o $(OUT) \
 	    --height 576 --width 1024; \
