@@ -116,3 +116,10 @@ def test_eval_generates_with_the_checkpoint_and_writes_report(checkpoint, tmp_pa
     cases = report["cases"]
     assert len(cases) == 2 and all(c["status"] == "ok" for c in cases), cases
     assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_info_reports_layout_preset_and_sizes(checkpoint, capsys):
+    code = main(["info", str(checkpoint)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "layout: original" in out and "preset: tiny" in out and "unet:" in out

@@ -20,7 +20,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype (fp16 statistics overflow)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        # Parameters may be half precision too (a model cast with .to(bf16)): upcast them as well.
+        w, b = (p.float() if p is not None else None for p in (self.weight, self.bias))
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
