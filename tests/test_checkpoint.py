@@ -164,3 +164,27 @@ def test_dtype_cast_on_load(tiny_model, tmp_path):
     loaded = load_checkpoint(path, dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     assert torch.equal(loaded.model.unet.out[2].weight, tiny_model.unet.out[2].weight.bfloat16())
+
+
+def test_diffusers_folder_with_fp16_variant_and_sharded_unet(tiny_model, tmp_path):
+    """The released diffusers repos ship `*.fp16.safetensors`; big components come sharded with an index."""
+    folder = save_diffusers(tiny_model, tmp_path / "d", "tiny")
+    for sub, stem in [("vae", "diffusion_pytorch_model"), ("image_encoder", "model")]:
+        f = folder / sub / f"{stem}.safetensors"
+        save_file({k: v.half() for k, v in load_file(f).items()}, folder / sub / f"{stem}.fp16.safetensors")
+        f.unlink()
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(unet)
+    keys = sorted(sd)
+    half = len(keys) // 2
+    shards = {"part-1.safetensors": keys[:half], "part-2.safetensors": keys[half:]}
+    for name, ks in shards.items():
+        save_file({k: sd[k] for k in ks}, folder / "unet" / name)
+    index = {"weight_map": {k: name for name, ks in shards.items() for k in ks}}
+    (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    unet.unlink()
+    loaded = load_checkpoint(folder)
+    assert loaded.layout == "diffusers"
+    assert torch.equal(loaded.model.unet.out[2].weight, tiny_model.unet.out[2].weight)
+    w = tiny_model.vae.decoder.conv_out.weight
+    assert torch.equal(loaded.model.vae.decoder.conv_out.weight, w.half().float())
