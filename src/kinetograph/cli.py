@@ -50,6 +50,25 @@ def _device(name: str) -> str:
 def generate(
     image: Annotated[Path, typer.Argument(help="Input image (any common format).")],
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Text prompt (text-conditioned checkpoints).")] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help="What the video should not show (steered away from).")
+    ] = None,
+    text_guidance: Annotated[
+        float | None,
+        typer.Option(
+            "--text-guidance",
+            help="Text models: scale of the text guidance term (0 = image only; preset default 4). "
+            "Official weights with --text-encoder: CLIP-space steering strength (default 0.3).",
+        ),
+    ] = None,
+    text_encoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--text-encoder",
+            help="Official weights: OpenCLIP ViT-H-14 text weights file, to steer with the prompt. "
+            "Text models: the encoder they name by default; or a transformers folder.",
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="Official .safetensors file or diffusers folder.")
     ] = None,
@@ -93,7 +112,9 @@ def generate(
 
     dev = _device(device)
     t0 = time.perf_counter()
-    pipe = ImageToVideo.from_checkpoint(checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle)
+    pipe = ImageToVideo.from_checkpoint(
+        checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle, text_encoder=text_encoder
+    )
     typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
     bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
@@ -107,6 +128,8 @@ def generate(
         video = pipe(
             image,
             prompt,
+            negative_prompt=negative_prompt,
+            text_guidance_scale=text_guidance,
             height=height,
             width=width,
             num_frames=frames,

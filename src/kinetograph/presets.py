@@ -16,11 +16,20 @@ from kinetograph.models.vae import VAEConfig
 
 @dataclass(frozen=True)
 class SVDConfig:
-    """The three networks of an image-to-video model."""
+    """The three networks of an image-to-video model (+ the text encoder a text model expects)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     clip: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    # Name of the text encoder whose tokens (width unet.text_dim) the UNet was trained on, e.g.
+    # "minilm-l6-v2"; "" for text-blind models. Saved with the config in checkpoint metadata.
+    text_encoder: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.text_encoder) != bool(self.unet.text_dim):
+            raise ValueError(
+                f"text_encoder {self.text_encoder!r} and unet.text_dim {self.unet.text_dim} must be set together"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,6 +43,7 @@ class SVDConfig:
             unet=UNetConfig(**tuples(d["unet"])),
             vae=VAEConfig(**tuples(d["vae"])),
             clip=CLIPVisionConfig(**tuples(d["clip"])),
+            text_encoder=d.get("text_encoder", ""),
         )
 
 
@@ -51,6 +61,11 @@ class SamplingDefaults:
     decode_chunk_size: int = 14  # sgm's decoding_t; the decoder output depends on it
     height: int = 576
     width: int = 1024
+    # Text-conditioned models: scale of the text term of compositional guidance (--text-guidance).
+    text_guidance_scale: float = 4.0
+    # Official (text-blind) weights with an OpenCLIP text tower: how far the CLIP image embedding
+    # is moved toward the prompt (--text-guidance there; see conditioning.steer_toward_text).
+    text_steer_strength: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,9 @@ TINY_MODEL = SVDConfig(
     clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
 )
 
+# The tiny network with a text branch fed by all-MiniLM-L6-v2 tokens (width 384): tests, examples.
+TINY_TEXT_MODEL = replace(TINY_MODEL, unet=replace(TINY_MODEL.unet, text_dim=384), text_encoder="minilm-l6-v2")
+
 PRESETS: dict[str, Preset] = {
     "svd": Preset("svd", SVDConfig(), SamplingDefaults()),
     "svd_image_decoder": Preset(
@@ -90,6 +108,11 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
         TINY_MODEL,
+        SamplingDefaults(num_frames=4, num_inference_steps=4, decode_chunk_size=4, height=64, width=64),
+    ),
+    "tiny_text": Preset(
+        "tiny_text",
+        TINY_TEXT_MODEL,
         SamplingDefaults(num_frames=4, num_inference_steps=4, decode_chunk_size=4, height=64, width=64),
     ),
 }

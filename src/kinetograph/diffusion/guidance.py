@@ -6,6 +6,9 @@ SVD ramps s_t over the frames: the first frame is pinned by the conditioning ima
 needs little guidance, while later frames drift and get more (sgm `LinearPredictionGuider`).
 `GuidedDenoiser` wraps a conditional denoiser (x, sigma, cond) -> D and returns a denoiser
 (x, sigma) -> D, so samplers stay guidance-free.
+
+Text-conditioned models guide image and text separately (compositional CFG, as InstructPix2Pix,
+Brooks et al. 2023, eq. 3), see `TextImageGuidedDenoiser`.
 """
 
 from __future__ import annotations
@@ -94,3 +97,78 @@ class GuidedDenoiser:
             # (t,) -> ((b t),) with frames fastest, then broadcast over c, h, w
             scale = append_dims(scale.repeat(x.shape[0] // len(scale)), x.ndim)
         return d_uncond + scale * (d_cond - d_uncond)
+
+
+def _per_row(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A () or (t,) scale -> broadcastable over x ((b t), c, h, w), frames fastest."""
+    if scale.ndim == 1:
+        return append_dims(scale.repeat(x.shape[0] // len(scale)), x.ndim)
+    return scale
+
+
+def _as_scale(scale: torch.Tensor | float, num_frames: int, what: str) -> torch.Tensor:
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    if scale.ndim > 1 or (scale.ndim == 1 and len(scale) != num_frames):
+        raise InputError(f"{what} must be a float or one value per frame ({num_frames}), got shape {tuple(scale.shape)}")
+    return scale
+
+
+class TextImageGuidedDenoiser:
+    """Compositional guidance over image and text, one batched forward:
+
+        D = D(∅, ∅) + s_img * (D(img, ∅) - D(∅, ∅)) + s_txt * (D(img, prompt) - D(img, negative))
+
+    D(∅, ∅) drops both (`cond.zeroed()`), D(img, ∅) keeps the image and drops the text,
+    D(img, negative) is D(img, ∅) unless a negative prompt is given. s_img is SVD's per-frame ramp
+    (a float or (t,)), s_txt a float or (t,). The image term is exactly SVD's guidance, so s_txt = 0
+    gives the image-only result (computed by `GuidedDenoiser`, bit for bit); the text term moves
+    from what the negative prompt describes toward what the prompt describes, with the image held.
+    Branches whose weight is zero are not evaluated (s_img = 1 everywhere skips D(∅, ∅)).
+    """
+
+    def __init__(
+        self,
+        denoiser: CondDenoiser,
+        cond: Cond,
+        image_scale: torch.Tensor | float,
+        text_scale: torch.Tensor | float,
+        negative: Cond | None = None,
+    ) -> None:
+        if not cond.has_text:
+            raise InputError("text guidance needs a conditioning with a prompt (cond.has_text)")
+        if negative is not None and (negative.num_frames != cond.num_frames or negative.concat.shape != cond.concat.shape):
+            raise InputError("the negative-prompt conditioning must describe the same batch of videos")
+        t = cond.num_frames
+        self.denoiser = denoiser
+        self.cond = cond
+        self.image_scale = _as_scale(image_scale, t, "image guidance scale")
+        self.text_scale = _as_scale(text_scale, t, "text guidance scale")
+        image_only = cond.without_text()
+        self.text_off = bool((self.text_scale == 0).all())
+        # The image-only guider: the whole answer when s_txt = 0, the first two terms otherwise.
+        self.image_guided = GuidedDenoiser(denoiser, image_only, cond.zeroed(), self.image_scale)
+        self.skip_uncond = bool((self.image_scale == 1.0).all())
+        branches = ([] if self.skip_uncond else [cond.zeroed()]) + [image_only, cond]
+        if negative is not None:
+            branches.append(negative)
+        self.num_branches = len(branches)
+        self.batched = Cond.cat(branches)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        assert x.shape[0] == self.cond.concat.shape[0], "x must be ((b t), ...) like cond"
+        if self.text_off:
+            return self.image_guided(x, sigma)
+        k = self.num_branches
+        sigma = torch.as_tensor(sigma, device=x.device)
+        sigma_k = sigma if sigma.ndim == 0 else sigma.repeat(k)
+        denoised = self.denoiser(torch.cat([x] * k), sigma_k, self.batched).chunk(k)
+        if self.skip_uncond:
+            d_image, d_text, *rest = denoised
+            guided = d_image
+        else:
+            d_uncond, d_image, d_text, *rest = denoised
+            s_img = _per_row(self.image_scale.to(x.device, d_image.dtype), x)
+            guided = d_uncond + s_img * (d_image - d_uncond)
+        d_negative = rest[0] if rest else d_image
+        s_txt = _per_row(self.text_scale.to(x.device, d_text.dtype), x)
+        return guided + s_txt * (d_text - d_negative)

@@ -15,11 +15,18 @@ module names identical to the released checkpoint (`model.diffusion_model.*` suf
     out.{0,2}
 
 Frames are folded into the batch, ((b t), c, h, w), frames fastest; temporal layers unfold them.
+
+Text (optional, `UNetConfig.text_dim > 0`; absent from the official layout): every spatial
+transformer block gets a cross-attention to the text tokens (`attn_text`, `norm_text`) after its
+image cross-attention, and a pooled text vector joins the time embedding (`text_emb`). Both output
+projections start at zero, so adding text to an image-only checkpoint leaves its output unchanged
+until training moves them; a sample without text (dropped, or the unconditional branch) skips them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +60,7 @@ class UNetConfig:
     context_dim: int = 1024  # width of the cross-attention context (the CLIP image embedding)
     adm_in_channels: int = 768  # width of the vector conditioning y (3 x 256 micro-conditioning)
     video_kernel_size: tuple[int, int, int] = (3, 1, 1)  # (t, h, w) kernel of the temporal ResBlocks
+    text_dim: int = 0  # width of the text encoder's tokens; 0 = no text branch (the official network)
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -75,6 +83,8 @@ class UNetConfig:
         for w in {w for level, w in enumerate(widths) if self.has_attention(level)} | {widths[-1]}:
             if w % self.num_head_channels:
                 raise ValueError(f"width {w} is not a multiple of num_head_channels {self.num_head_channels}")
+        if self.text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0 (0 = no text branch), got {self.text_dim}")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
 
@@ -146,10 +156,45 @@ class Upsample(nn.Module):
 # Attention: a spatial transformer per frame, then a temporal one over frames.
 
 
+class TextContext(NamedTuple):
+    """Text tokens per frame for the text branch; rows whose mask is all False have no text."""
+
+    tokens: torch.Tensor  # ((b t), n, text_dim)
+    mask: torch.Tensor  # ((b t), n) bool, True at real tokens
+
+    @property
+    def present(self) -> torch.Tensor:
+        return self.mask.any(dim=-1)  # ((b t),) bool
+
+
+class TextCrossAttention(Attention):
+    """Cross-attention to text tokens with a key mask; its output projection starts at zero.
+
+    A row with no text gets exactly zero (not an attention over nothing), so dropped text and
+    image-only samples pass through the block unchanged.
+    """
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, text_dim: int):
+        super().__init__(query_dim, heads, dim_head, context_dim=text_dim)
+        zero_module(self.to_out)
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:  # type: ignore[override]
+        # x ((b t), s, c); text.tokens ((b t), n, text_dim)
+        present = text.present  # ((b t),)
+        # Rows without text attend to every (meaningless) key, then are zeroed: avoids a NaN softmax.
+        mask = text.mask | ~present[:, None]  # ((b t), n)
+        tokens = text.tokens.to(x.dtype)
+        q, k, v = self.to_q(x), self.to_k(tokens), self.to_v(tokens)
+        q, k, v = (rearrange(a, "b n (h d) -> b h n d", h=self.heads) for a in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(mask, "b n -> b 1 1 n"))
+        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return out * present[:, None, None].to(out.dtype)
+
+
 class BasicTransformerBlock(nn.Module):
     """Self-attention over pixels, cross-attention to the context, GEGLU MLP; pre-LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, text_dim: int = 0):
         super().__init__()
         # Registration order is the checkpoint's: attn1, ff, attn2, norm1, norm2, norm3.
         self.attn1 = Attention(dim, heads, dim_head)
@@ -158,11 +203,16 @@ class BasicTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        # The optional text branch (not in the official layout).
+        self.attn_text = TextCrossAttention(dim, heads, dim_head, text_dim) if text_dim else None
+        self.norm_text = nn.LayerNorm(dim) if text_dim else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, text: TextContext | None = None) -> torch.Tensor:
         # x ((b t), s, c), context ((b t), n, context_dim)
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
+        if self.attn_text is not None and text is not None:
+            x = self.attn_text(self.norm_text(x), text) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -210,13 +260,13 @@ class SpatialVideoTransformer(nn.Module):
     an MLP on its sinusoidal embedding) added to its input.
     """
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, text_dim: int = 0):
         super().__init__()
         assert heads * dim_head == channels, "the frame-index embedding is added at the block width"
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)
+            BasicTransformerBlock(channels, heads, dim_head, context_dim, text_dim) for _ in range(depth)
         )
         self.proj_out = zero_module(nn.Linear(channels, channels))
         self.time_stack = nn.ModuleList(
@@ -233,6 +283,7 @@ class SpatialVideoTransformer(nn.Module):
         context: torch.Tensor,
         num_frames: int,
         image_only_indicator: torch.Tensor | None,
+        text: TextContext | None = None,
     ) -> torch.Tensor:
         # x ((b t), c, h, w); context ((b t), n, context_dim)
         _, c, h, w = x.shape
@@ -248,7 +299,7 @@ class SpatialVideoTransformer(nn.Module):
         frame_emb = rearrange(frame_emb, "bt c -> bt 1 c")  # ((b t), 1, c)
 
         for block, temporal_block in zip(self.transformer_blocks, self.time_stack, strict=True):
-            x = block(x, context)
+            x = block(x, context, text)
             x_temporal = temporal_block(x + frame_emb, time_context, num_frames)
             x = self.time_mixer(x, x_temporal, image_only_indicator, pattern="b t -> (b t) 1 1")
 
@@ -275,12 +326,13 @@ class UNetBlock(nn.ModuleList):
         num_frames: int,
         image_only_indicator: torch.Tensor | None,
         upsample_size: tuple[int, int] | None = None,
+        text: TextContext | None = None,
     ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, VideoResBlock):
                 x = layer(x, emb, num_frames, image_only_indicator)
             elif isinstance(layer, SpatialVideoTransformer):
-                x = layer(x, context, num_frames, image_only_indicator)
+                x = layer(x, context, num_frames, image_only_indicator, text)
             elif isinstance(layer, Upsample):
                 x = layer(x, upsample_size)
             else:
@@ -309,7 +361,7 @@ class VideoUNet(nn.Module):
 
         def transformer(ch: int) -> SpatialVideoTransformer:
             return SpatialVideoTransformer(
-                ch, cfg.num_heads(ch), cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim
+                ch, cfg.num_heads(ch), cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim, cfg.text_dim
             )
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -352,6 +404,8 @@ class VideoUNet(nn.Module):
         self.out = nn.Sequential(
             normalization(mc), nn.SiLU(), zero_module(nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
         )
+        # The pooled text vector joins the time embedding, like the micro-conditioning (text only).
+        self.text_emb = zero_module(nn.Linear(cfg.text_dim, emb_dim)) if cfg.text_dim else None
 
     def _run(self, block: UNetBlock, *args) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -366,6 +420,9 @@ class VideoUNet(nn.Module):
         y: torch.Tensor,
         num_video_frames: int,
         image_only_indicator: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict F for a batch of videos, frames folded into the batch.
 
@@ -375,6 +432,8 @@ class VideoUNet(nn.Module):
         y: ((b t), adm_in_channels), vector conditioning per frame.
         image_only_indicator: (b, t), 1 where a frame is a still image (its temporal layers are
         skipped, alpha = 1); None means all video. Returns ((b t), out_channels, h, w).
+        text_tokens ((b t), n, text_dim), text_mask ((b t), n) bool and text_pooled ((b t), text_dim):
+        the optional text (only for text_dim > 0); a row whose mask is all False has no text.
         """
         t = num_video_frames
         assert x.shape[0] % t == 0, f"batch {x.shape[0]} is not a whole number of {t}-frame videos"
@@ -383,16 +442,30 @@ class VideoUNet(nn.Module):
 
         emb = self.time_embed(timestep_embedding(timesteps, self.cfg.model_channels).to(x.dtype))
         emb = emb + self.label_emb(y)  # ((b t), time_embed_dim)
+        text = self._text(text_tokens, text_mask, x.shape[0])
+        if text is not None:
+            assert self.text_emb is not None and text_pooled is not None and text_pooled.shape[0] == x.shape[0]
+            emb = emb + self.text_emb(text_pooled.to(emb.dtype)) * text.present[:, None].to(emb.dtype)
 
         skips = []
         h = x
         for block in self.input_blocks:
-            h = self._run(block, h, emb, context, t, image_only_indicator)
+            h = self._run(block, h, emb, context, t, image_only_indicator, None, text)
             skips.append(h)
-        h = self._run(self.middle_block, h, emb, context, t, image_only_indicator)
+        h = self._run(self.middle_block, h, emb, context, t, image_only_indicator, None, text)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             # An upsampler restores the size of the skip it is concatenated with next.
             size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = self._run(block, h, emb, context, t, image_only_indicator, size)
+            h = self._run(block, h, emb, context, t, image_only_indicator, size, text)
         return self.out(h.type(x.dtype))
+
+    def _text(self, tokens: torch.Tensor | None, mask: torch.Tensor | None, n: int) -> TextContext | None:
+        if tokens is None:
+            return None
+        if self.cfg.text_dim == 0:
+            raise ValueError("this UNet has no text branch (text_dim 0); build it with UNetConfig(text_dim=...)")
+        assert tokens.shape[0] == n and tokens.shape[-1] == self.cfg.text_dim, f"text tokens {tuple(tokens.shape)}"
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else mask.bool()
+        assert mask.shape == tokens.shape[:2]
+        return TextContext(tokens, mask)

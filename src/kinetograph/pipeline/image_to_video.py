@@ -4,10 +4,18 @@ Flow: preprocess -> conditioning (CLIP embedding, VAE latent, micro-conditioning
 guidance(denoiser(unet)) -> sampler -> VAE decode -> frames. Keyword names follow diffusers'
 StableVideoDiffusionPipeline so users can switch with no surprises; given the same initial
 `latents` (or the same seed on the CPU), weights and settings, the frames match it.
+
+Prompts (docs/text.md):
+- a text-conditioned checkpoint (`unet.text_dim > 0`) encodes the prompt with the text encoder
+  recorded in it and samples with compositional image/text guidance (`TextImageGuidedDenoiser`);
+- the official, text-blind weights given an OpenCLIP ViT-H/14 text tower move the CLIP image
+  embedding toward the prompt in CLIP space (`steer_toward_text`) before ordinary SVD sampling;
+- a text-blind checkpoint without one warns that the prompt is ignored, and how to enable it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,23 +26,25 @@ import PIL.Image
 import torch
 from einops import rearrange
 
-from kinetograph.conditioning import Cond, make_cond, micro_conditioning
+from kinetograph.conditioning import Cond, make_cond, micro_conditioning, steer_toward_text
 from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
-from kinetograph.diffusion.guidance import GuidedDenoiser, linear_ramp, triangle_ramp
+from kinetograph.diffusion.guidance import GuidedDenoiser, TextImageGuidedDenoiser, linear_ramp, triangle_ramp
 from kinetograph.diffusion.samplers import SAMPLERS
 from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
-from kinetograph.errors import InputError
+from kinetograph.errors import CheckpointError, InputError
 from kinetograph.io.checkpoint import load_checkpoint
 from kinetograph.io.video import save_video
 from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.svd import SVD
+from kinetograph.models.text import OpenCLIPTextEncoder, TextEncoder, check_text_encoder, load_text_encoder
 from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_image, resize_and_crop
 from kinetograph.presets import Preset
 
 GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
 TEXT_BLIND_WARNING = (
-    "this checkpoint conditions on the image only, so the prompt is ignored; "
-    "use a text-conditioned kinetograph checkpoint to steer with text"
+    "this checkpoint conditions on the image only, so the prompt is ignored; to steer with text, "
+    "pass --text-encoder with the OpenCLIP ViT-H-14 text weights (open_clip_pytorch_model.bin, with "
+    "--allow-pickle, or a .safetensors), or use a text-conditioned kinetograph checkpoint"
 )
 
 
@@ -49,10 +59,34 @@ class Video:
 
 
 class ImageToVideo:
-    def __init__(self, model: SVD, preset: Preset, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        model: SVD,
+        preset: Preset,
+        device: torch.device | str = "cpu",
+        text_encoder: TextEncoder | None = None,
+    ):
+        """`text_encoder`: for a text-conditioned model, the encoder it was trained with (else the
+        one it names is loaded at the first prompt); for text-blind SVD weights, an optional
+        OpenCLIP text tower in the image encoder's CLIP space, used to steer the image embedding."""
         self.model = model
         self.preset = preset
         self.device = torch.device(device)
+        cfg = model.cfg
+        if text_encoder is not None:
+            if cfg.unet.text_dim:
+                check_text_encoder(cfg.text_encoder, cfg.unet.text_dim, text_encoder)
+            elif not isinstance(text_encoder, OpenCLIPTextEncoder):
+                raise InputError(
+                    f"this checkpoint conditions on the image only; it can use an OpenCLIP text tower "
+                    f"(a weights file) to steer its CLIP image embedding, not the text encoder {text_encoder.name!r}"
+                )
+            elif text_encoder.cfg.embed_dim != cfg.clip.embed_dim:
+                raise CheckpointError(
+                    f"the text tower projects to width {text_encoder.cfg.embed_dim} but the image encoder to "
+                    f"{cfg.clip.embed_dim}; pass the OpenCLIP text weights of the same CLIP (ViT-H-14 for SVD)"
+                )
+        self.text_encoder = text_encoder
 
     @classmethod
     def from_checkpoint(
@@ -63,12 +97,19 @@ class ImageToVideo:
         dtype: torch.dtype = torch.float32,
         preset: str | None = None,
         allow_pickle: bool = False,
+        text_encoder: str | Path | TextEncoder | None = None,
     ) -> ImageToVideo:
-        """Load an official single file (svd, svd_xt, svd_xt_1_1, svd_image_decoder) or a diffusers folder."""
+        """Load an official single file (svd, svd_xt, svd_xt_1_1, svd_image_decoder) or a diffusers folder.
+
+        `text_encoder`: a name ("minilm-l6-v2"), a transformers folder, or an OpenCLIP text weights
+        file (see `ImageToVideo.__init__`); a text-conditioned model without one loads its own.
+        """
         loaded = load_checkpoint(path, device=device, dtype=dtype, preset=preset, allow_pickle=allow_pickle)
         # The reference runs the VAE in float32 whatever the UNet precision (sgm disables autocast there).
         loaded.model.vae.float()
-        return cls(loaded.model, loaded.preset, device)
+        if isinstance(text_encoder, (str, Path)):
+            text_encoder = load_text_encoder(text_encoder, allow_pickle=allow_pickle, device=device)
+        return cls(loaded.model, loaded.preset, device, text_encoder)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,6 +123,8 @@ class ImageToVideo:
         image: str | Path | PIL.Image.Image | np.ndarray | torch.Tensor,
         prompt: str | None = None,
         *,
+        negative_prompt: str | None = None,
+        text_guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
@@ -107,6 +150,9 @@ class ImageToVideo:
         otherwise it is drawn from `generator` or `torch.Generator(device).manual_seed(seed)`, in
         diffusers' order (augmentation noise first, then latents). `output_type="latent"` returns
         the final latents (1, t, 4, h, w) without decoding. `callback(step, total)` reports progress.
+        `text_guidance_scale`: for text-conditioned models the text term of the compositional
+        guidance (0 = image only), for official weights with an OpenCLIP text tower the steering
+        strength in CLIP space (0 = unchanged); `negative_prompt` is what to steer away from.
         """
         d = self.preset.sampling
         height, width = height or d.height, width or d.width
@@ -119,7 +165,13 @@ class ImageToVideo:
         aug = d.noise_aug_strength if noise_aug_strength is None else noise_aug_strength
         chunk = decode_chunk_size or d.decode_chunk_size
         self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
-        if prompt:
+        text_model = self.model.cfg.unet.text_dim > 0
+        steer = not text_model and self.text_encoder is not None
+        if text_guidance_scale is None:
+            text_guidance_scale = d.text_steer_strength if steer else d.text_guidance_scale
+        if text_guidance_scale < 0:
+            raise InputError(f"text guidance must be >= 0, got {text_guidance_scale}")
+        if (prompt or negative_prompt) and not text_model and not steer:
             warnings.warn(TEXT_BLIND_WARNING, stacklevel=2)
 
         f = self.model.cfg.vae.downsample_factor
@@ -133,13 +185,24 @@ class ImageToVideo:
         # preprocess: (1, 3, H, W) in [-1, 1]
         pixels = image_to_tensor(resize_and_crop(load_image(image), height, width)).to(self.device)
         cond = self.encode_condition(pixels, num_frames, fps - 1, motion, aug, generator)
+        if steer and (prompt or negative_prompt):
+            cond = self.steer_condition(cond, prompt or "", negative_prompt or "", text_guidance_scale)
         if latents is None:
             latents = torch.randn((1, num_frames, 4, height // f, width // f), generator=generator, device=self.device)
         sigmas = karras_sigmas(steps).to(self.device)
         x = rearrange(latents.to(self.device, torch.float32), "b t c h w -> (b t) c h w") * init_noise_scale(sigmas)
 
         ramp = GUIDANCE_RAMPS[guidance_ramp](min_g, max_g, num_frames).to(self.device)
-        guided = GuidedDenoiser(self.denoiser, cond, cond.zeroed(), ramp)
+        if text_model and (prompt or negative_prompt) and text_guidance_scale > 0:
+            # No prompt but a negative one: steer away from it, relative to no text.
+            text_cond = self.add_text(cond, prompt) if prompt else cond
+            negative = self.add_text(cond, negative_prompt) if negative_prompt else None
+            if not text_cond.has_text:  # only a negative prompt: D(img, ∅) - D(img, negative)
+                text_cond, negative = negative, None
+                text_guidance_scale = -text_guidance_scale
+            guided = TextImageGuidedDenoiser(self.denoiser, text_cond, ramp, text_guidance_scale, negative)
+        else:
+            guided = GuidedDenoiser(self.denoiser, cond, cond.zeroed(), ramp)
 
         def on_step(i, n, x, denoised):
             if callback is not None:
@@ -172,10 +235,37 @@ class ImageToVideo:
         vector = micro_conditioning(fps_id, motion_bucket_id, noise_aug_strength, self.model.cfg.unet.adm_in_channels // 3)
         return make_cond(embedding, latent, vector.to(pixels.device), num_frames)
 
+    def get_text_encoder(self) -> TextEncoder:
+        """The text encoder: the one given, else (text-conditioned models) the one the checkpoint names."""
+        if self.text_encoder is None:
+            name = self.model.cfg.text_encoder
+            if not name:
+                raise InputError("this checkpoint has no text branch; see TEXT_BLIND_WARNING")
+            encoder = load_text_encoder(name, device=self.device)
+            check_text_encoder(name, self.model.cfg.unet.text_dim, encoder)
+            self.text_encoder = encoder
+        return self.text_encoder
+
+    def add_text(self, cond: Cond, prompt: str) -> Cond:
+        """`cond` with the encoded prompt (text-conditioned models)."""
+        emb = self.get_text_encoder().encode([prompt])
+        return cond.with_text(emb.tokens.to(self.device), emb.mask.to(self.device), emb.pooled.to(self.device))
+
+    def steer_condition(self, cond: Cond, prompt: str, negative_prompt: str, strength: float) -> Cond:
+        """Official weights + OpenCLIP text tower: the image embedding moved toward the prompt."""
+        pooled = self.get_text_encoder().encode([prompt, negative_prompt]).pooled.to(self.device)  # (2, d)
+        steered = steer_toward_text(cond.crossattn, pooled[0], pooled[1], strength)
+        return dataclasses.replace(cond, crossattn=steered)
+
     def network(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The UNet on [c_in * x, image latent], in the model dtype; output in float32."""
         dtype = self.dtype
         n = x_in.shape[0]
+        text = {}
+        if cond.has_text:
+            text = dict(
+                text_tokens=cond.text_tokens.to(dtype), text_mask=cond.text_mask, text_pooled=cond.text_pooled.to(dtype)
+            )
         out = self.model.unet(
             torch.cat([x_in, cond.concat], dim=1).to(dtype),
             c_noise.reshape(-1).expand(n).to(dtype),
@@ -183,6 +273,7 @@ class ImageToVideo:
             cond.vector.to(dtype),
             num_video_frames=cond.num_frames,
             image_only_indicator=cond.image_only_indicator.to(dtype),
+            **text,
         )
         return out.float()
 
