@@ -188,3 +188,11 @@ def test_diffusers_folder_with_fp16_variant_and_sharded_unet(tiny_model, tmp_pat
     assert torch.equal(loaded.model.unet.out[2].weight, tiny_model.unet.out[2].weight)
     w = tiny_model.vae.decoder.conv_out.weight
     assert torch.equal(loaded.model.vae.decoder.conv_out.weight, w.half().float())
+
+
+def test_text_model_refuses_diffusers_export_clearly(tmp_path):
+    with torch.device("meta"):
+        model = SVD(PRESETS["tiny_text"].model)
+    with pytest.raises(CheckpointError, match="no diffusers equivalent"):
+        save_diffusers(model, tmp_path / "d", "tiny_text")
+    assert not (tmp_path / "d").exists()

@@ -298,6 +298,11 @@ def save_diffusers(
 ) -> Path:
     """Write a diffusers StableVideoDiffusionPipeline folder (loadable by diffusers' from_pretrained)."""
     folder = Path(folder)
+    if model.cfg.unet.text_dim:
+        raise CheckpointError(
+            "text-conditioned kinetograph models have no diffusers equivalent (diffusers' SVD UNet has no text "
+            "branch); keep the original single-file layout"
+        )
     tmp = _atomic_dir(folder)
     try:
         cfg = model.cfg
