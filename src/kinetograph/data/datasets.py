@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kinetograph.data.curation.decode import decode_mp4
 from kinetograph.data.curation.manifest import read_jsonl
 from kinetograph.data.shards import Member, index_shard, read_member
 from kinetograph.errors import InputError
+from kinetograph.io.video import decode_mp4_bytes
 
 KINDS = ("video", "camera", "image")
 
@@ -114,7 +114,7 @@ class ClipDataset(torch.utils.data.Dataset):
         path, ext, member = self._member(row)
         data = read_member(path, member)
         if ext == "mp4":
-            frames, src_fps = decode_mp4(data)  # (t, h, w, 3)
+            frames, src_fps = decode_mp4_bytes(data)  # (t, h, w, 3)
             idx, fps = sample_indices(len(frames), src_fps, cfg, rng)
             frames = frames[idx]
         else:

@@ -1,7 +1,7 @@
 """Evaluation: what a generated video is worth (`kinetograph eval`, see docs/evaluation.md).
 
 Modules, read in this order:
-  clips.py       uint8 (t, h, w, 3) videos: checks, reading/writing, fitting the input image
+  clips.py       uint8 (t, h, w, 3) videos: checks, reading (.npy, frame folders; files via io.video), fitting the input image
   fidelity.py    PSNR / SSIM of frame 0 against the conditioning image
   flow.py        Farneback optical flow, forward-backward consistency, texture mask
   temporal.py    flicker (luminance, high-frequency energy) and warping error

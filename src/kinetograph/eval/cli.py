@@ -133,7 +133,7 @@ def eval_command(
     import numpy as np
 
     from kinetograph.eval.clip_score import clip_consistency, clip_score
-    from kinetograph.eval.clips import check_video, find_video, fit_image, read_video, write_mp4
+    from kinetograph.eval.clips import check_video, find_video, fit_image, read_video
     from kinetograph.eval.control import ControlCase, control_fidelity
     from kinetograph.eval.evaluate import evaluate_video
     from kinetograph.eval.flow import FlowConfig
@@ -141,6 +141,7 @@ def eval_command(
     from kinetograph.eval.motion import MotionConfig
     from kinetograph.eval.report import contact_sheet, save_png, write_report
     from kinetograph.eval.suite import load_suite, load_suite_image
+    from kinetograph.io.video import save_video
 
     prepare_image = prepare_image or fit_image
     flow_cfg = flow_cfg or FlowConfig()
@@ -222,7 +223,8 @@ def eval_command(
             )
             check_video(frames, f"generated video for case {case.id}", min_frames=2)
             if save_videos:
-                write_mp4(out / "videos" / f"{case.id}.mp4", frames, fps=fps)
+                # Metrics use the raw frames; the near-lossless crf keeps a --videos rerun close to them.
+                save_video(frames, out / "videos" / f"{case.id}.mp4", fps, crf=12)
                 record["video"] = f"videos/{case.id}.mp4"
         metrics = evaluate_video(
             frames,

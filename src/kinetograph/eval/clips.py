@@ -1,8 +1,10 @@
-"""Videos and images as the metrics see them, and reading them from disk.
+"""Videos and images as the metrics see them, and finding them on disk.
 
 A video is a uint8 numpy array (t, h, w, 3), RGB; an image is uint8 (h, w, 3). Every metric
 checks its input with `check_video` / `check_image`, so a float or channels-first array fails
-with a message instead of a silently wrong number.
+with a message instead of a silently wrong number. Files are decoded by the project's readers
+(`kinetograph.io.video.read_video`, `kinetograph.pipeline.preprocess.load_image`); here are only
+what evaluation adds: `.npy` arrays and folders of frames with any names.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image
 
-from kinetograph.errors import InputError, OutputError
+from kinetograph.errors import InputError
+from kinetograph.io import video as video_io
+from kinetograph.pipeline.preprocess import load_image
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".webp", ".npy")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -53,29 +57,16 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return check_image(array)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB (h, w, 3)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read image {path}: {e}; pass a PNG or JPEG file") from e
-
-
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to cover `size` = (h, w) keeping the aspect ratio, then center-crop (Lanczos).
+    """The conditioning image exactly as the pipeline feeds it to the model at output size (h, w).
 
-    This is how the conditioning image is brought to the output size before frame 0 is compared
-    with it; when the aspect ratios match it is a plain resize.
+    Frame 0 is compared with this, so PSNR/SSIM measure the model, not a resampling mismatch:
+    it is `pipeline.preprocess.resize_and_crop` (cover, then center-crop, Lanczos).
     """
+    from kinetograph.pipeline.preprocess import resize_and_crop
+
     check_image(image, "conditioning image")
-    h, w = size
-    ih, iw = image.shape[:2]
-    scale = max(h / ih, w / iw)
-    rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
-    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.LANCZOS))
-    top, left = (rh - h) // 2, (rw - w) // 2
-    return np.ascontiguousarray(resized[top : top + h, left : left + w])
+    return np.asarray(resize_and_crop(Image.fromarray(image), *size))
 
 
 def luminance(frames: np.ndarray) -> np.ndarray:
@@ -85,41 +76,28 @@ def luminance(frames: np.ndarray) -> np.ndarray:
 
 
 def read_video(path: Path) -> np.ndarray:
-    """Read a video file (mp4/webm/mov/mkv/avi via PyAV, gif/webp via Pillow, .npy) or a
+    """Read a video file (mp4/webm/mov/mkv/avi/gif/webp via `kinetograph.io.video`, .npy) or a
     folder of frame images (sorted by name) as uint8 (t, h, w, 3)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not files:
             raise InputError(f"no frame images ({', '.join(FRAME_SUFFIXES)}) in {path}")
-        frames = [load_image(p) for p in files]
+        frames = [np.asarray(load_image(p)) for p in files]
         if len({f.shape for f in frames}) != 1:
             raise InputError(f"frames in {path} have different sizes; export them at one size")
         return np.stack(frames)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read {path}: {e}") from e
         return check_video(array, str(path))
-    if suffix in (".gif", ".webp"):
-        try:
-            with Image.open(path) as im:
-                frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read {path}: {e}") from e
-        return check_video(np.stack(frames), str(path))
-    import av  # only needed for container formats
-
     try:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.FFmpegError, OSError, ValueError) as e:
+        frames, _fps = video_io.read_video(path)
+    except InputError as e:
         raise InputError(f"cannot decode {path}: {e}") from e
-    if not frames:
-        raise InputError(f"{path} has no video frames")
-    return check_video(np.stack(frames), str(path))
+    return check_video(frames, str(path))
 
 
 def find_video(directory: Path, name: str) -> Path | None:
@@ -130,27 +108,3 @@ def find_video(directory: Path, name: str) -> Path | None:
             return candidate
     folder = directory / name
     return folder if folder.is_dir() else None
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 7, crf: int = 12) -> None:
-    """Write an H.264 mp4 (yuv420p, near-lossless crf) for viewing and for `--videos` reruns.
-
-    Metrics are computed on the raw frames before this lossy step.
-    """
-    import av
-
-    check_video(frames)
-    t, h, w, _ = frames.shape
-    # yuv420p needs even sizes; pad by edge repetition rather than failing.
-    padded = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    try:
-        with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = padded.shape[2], padded.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in padded:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-    except (av.FFmpegError, OSError) as e:
-        raise OutputError(f"cannot write {path}: {e}") from e

@@ -1,8 +1,8 @@
-"""Dense optical flow between consecutive frames (OpenCV Farneback) and where it can be trusted.
+"""Dense optical flow between consecutive frames (`kinetograph.flow.farneback`) and where it can be trusted.
 
-Convention: a flow field `f` from frame a to frame b, shape (h, w, 2), holds (dx, dy) in pixels
-such that the content at (x, y) in a is found at (x + dx, y + dy) in b; x grows rightwards and
-y downwards. A pixel is trusted ("valid") when the forward and backward flows agree (the
+Convention (as in `kinetograph.flow`): a flow field `f` from frame a to frame b, shape (h, w, 2),
+holds (dx, dy) in pixels such that the content at (x, y) in a is found at (x + dx, y + dy) in b;
+x grows rightwards and y downwards. A pixel is trusted ("valid") when the forward and backward flows agree (the
 forward-backward consistency test of Sundaram et al. 2010) and its match lands inside the
 frame: this removes occluded and newly revealed content, e.g. the strip a pan brings in.
 Motion statistics also need texture: in flat regions (sky, walls) flow is ill-posed and
@@ -15,26 +15,34 @@ Flow is computed on frames downscaled so their longer side is at most `FlowConfi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from kinetograph.eval.clips import check_video, luminance
+from kinetograph.flow import FarnebackConfig, farneback
 
 
 @dataclass(frozen=True)
 class FlowConfig:
     max_side: int = 512  # frames are downscaled (area) to this longer side before flow
-    winsize: int = 15  # Farneback averaging window
-    iterations: int = 3  # Farneback iterations per pyramid level
-    poly_n: int = 5  # pixel neighbourhood of the polynomial expansion
-    poly_sigma: float = 1.1  # Gaussian sigma of that neighbourhood (1.1 goes with poly_n=5)
-    coarsest_side: int = 24  # pyramid levels are added while the coarsest level keeps this size
+    # Farneback settings (meanings in kinetograph.flow.FarnebackConfig); levels follow coarsest_side.
+    winsize: int = FarnebackConfig.winsize
+    iterations: int = FarnebackConfig.iterations
+    poly_n: int = FarnebackConfig.poly_n
+    poly_sigma: float = FarnebackConfig.poly_sigma
+    coarsest_side: int = FarnebackConfig.coarsest_side
     fb_alpha: float = 0.01  # consistency: |f + b|^2 < alpha (|f|^2 + |b|^2) + beta
     fb_beta: float = 0.5
     min_texture: float = 1e-4  # min structure-tensor eigenvalue (gray in [0, 1], 5x5 block)
+
+    @property
+    def farneback(self) -> FarnebackConfig:
+        return FarnebackConfig(
+            winsize=self.winsize, iterations=self.iterations, poly_n=self.poly_n,
+            poly_sigma=self.poly_sigma, coarsest_side=self.coarsest_side,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,22 +61,6 @@ class VideoFlow:
     frames: np.ndarray  # (t, h, w, 3) uint8, the video at flow resolution
     pairs: list[PairFlow]  # t - 1 pairs
     scale: float  # output pixels per flow-grid pixel (>= 1)
-
-
-def pyramid_levels(min_side: int, cfg: FlowConfig) -> int:
-    """Number of Farneback pyramid levels (the finest counts as level 0)."""
-    return max(0, int(math.floor(math.log2(max(min_side, 1) / cfg.coarsest_side)))) + 1
-
-
-def farneback(prev: np.ndarray, nxt: np.ndarray, cfg: FlowConfig = FlowConfig()) -> np.ndarray:
-    """Flow (h, w, 2) from gray float/uint8 image `prev` to `nxt`."""
-    prev8 = np.clip(prev, 0, 255).astype(np.uint8)
-    next8 = np.clip(nxt, 0, 255).astype(np.uint8)
-    levels = pyramid_levels(min(prev8.shape), cfg)
-    flow = cv2.calcOpticalFlowFarneback(
-        prev8, next8, None, 0.5, levels, cfg.winsize, cfg.iterations, cfg.poly_n, cfg.poly_sigma, 0
-    )
-    return flow.astype(np.float32)
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +128,7 @@ def video_flow(video: np.ndarray, cfg: FlowConfig = FlowConfig()) -> VideoFlow:
     gray = luminance(frames)  # (t, h, w)
     pairs = []
     for a, b in zip(gray[:-1], gray[1:]):
-        fwd, bwd = farneback(a, b, cfg), farneback(b, a, cfg)
+        fwd, bwd = farneback(a, b, cfg.farneback), farneback(b, a, cfg.farneback)
         pairs.append(
             PairFlow(
                 fwd, bwd, consistent(fwd, bwd, cfg), consistent(bwd, fwd, cfg), textured(a, cfg)

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from kinetograph.errors import InputError
-from kinetograph.eval.clips import load_image, to_rgb
+from kinetograph.eval.clips import to_rgb
 from kinetograph.eval.motion import MotionClass
 from kinetograph.eval.prompts import expected_motion
+from kinetograph.pipeline.preprocess import load_image
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SUITE_KEYS = {"name", "description", "images", "prompts", "motion_buckets", "seeds", "cases"}
@@ -228,4 +229,4 @@ def load_suite_image(image: SuiteImage, base: Path | None) -> np.ndarray:
     path = Path(image.source)
     if not path.is_absolute() and base is not None:
         path = base / path
-    return load_image(path)
+    return np.asarray(load_image(path))  # as the pipeline reads it: EXIF-upright, alpha on white

@@ -15,10 +15,16 @@ The output format follows the path:
 Every write is atomic: the output is built under a hidden temporary name in the target folder
 and renamed into place, so a crash or error never leaves a half-written video, and an existing
 output is only replaced once the new one is complete. A missing parent folder is created.
+
+Besides whole files, data curation needs two things here, sharing the same H.264 settings:
+- streaming decode of long files, one frame at a time (`iter_av_frames`, `iter_frames`), and
+- MP4 bytes in memory for tar shards (`encode_mp4_bytes`, `decode_mp4_bytes`), byte-identical
+  from run to run (`deterministic=True`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
@@ -29,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -39,15 +46,22 @@ from PIL.PngImagePlugin import PngInfo
 from kinetograph.errors import InputError, KinetographError, OutputError
 
 MP4_CRF = 18  # visually lossless for x264; SVD's 576x1024 clips stay a few MB
+MP4_PRESET = "medium"  # files
+SHARD_PRESET = "fast"  # in-memory clips for data shards: many of them, encoding time adds up
+# x264 with its lookahead/macroblock-tree (and threads) gave different bytes from run to run on
+# the same frames; without them the output is reproducible. For short clips the lost speed and
+# the small loss in quality do not matter.
+DETERMINISTIC_X264 = "threads=1:sliced-threads=0:rc-lookahead=0:mbtree=0"
 WEBP_QUALITY = 90
 GIF_MAX_FPS = 50.0
 FRAME_NAME = re.compile(r"frame_\d{4,}\.png")
 SUPPORTED = ".mp4 (H.264), .gif, .webp, or a folder path ending in '/' (PNG frames)"
 
 
-def save_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
+def save_video(frames: np.ndarray, path: str | Path, fps: float, *, crf: int = MP4_CRF) -> Path:
     """Write `frames` (t, h, w, 3) uint8 RGB to `path`; the format follows the path (module docstring).
 
+    crf: H.264 quality of an .mp4 (lower is closer to the frames and larger); other formats ignore it.
     Returns the path written (for a frame folder, the folder).
     """
     kind = output_kind(path)
@@ -69,7 +83,10 @@ def save_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
             _write_png_folder(frames, path, fps)
         else:
             with _atomic_file(path) as tmp:
-                {"mp4": _write_mp4, "gif": _write_gif, "webp": _write_webp}[kind](frames, tmp, fps)
+                if kind == "mp4":
+                    _write_mp4(frames, tmp, fps, crf)
+                else:
+                    {"gif": _write_gif, "webp": _write_webp}[kind](frames, tmp, fps)
     except BaseException as e:
         for d in reversed(created):  # leave no trace of a failed write, not even new folders
             if d.is_dir() and not any(d.iterdir()):
@@ -192,16 +209,46 @@ def _atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _write_mp4(frames: np.ndarray, tmp: Path, fps: float) -> None:
+def _write_mp4(frames: np.ndarray, tmp: Path, fps: float, crf: int) -> None:
     t, h, w, _ = frames.shape
     # yuv420p stores colour at half resolution and needs even sizes: repeat the last row/column.
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    _encode_h264(str(tmp), frames, fps, crf=crf, preset=MP4_PRESET, deterministic=False, faststart=True)
+
+
+def encode_mp4_bytes(
+    frames: np.ndarray, fps: float, *, crf: int = MP4_CRF, deterministic: bool = True
+) -> bytes:
+    """H.264 MP4 bytes of `frames` (t, h, w, 3) uint8 with even h and w, e.g. for a tar shard.
+
+    Same encoder settings as `save_video`; with `deterministic` the same frames give the same bytes.
+    """
+    t, h, w, _ = frames.shape
+    assert frames.dtype == np.uint8 and h % 2 == 0 and w % 2 == 0, (frames.dtype, h, w)
+    buf = io.BytesIO()
+    _encode_h264(buf, frames, fps, crf=crf, preset=SHARD_PRESET, deterministic=deterministic, faststart=False)
+    return buf.getvalue()
+
+
+def _encode_h264(
+    target: str | IO[bytes],
+    frames: np.ndarray,  # (t, h, w, 3) uint8, even h and w
+    fps: float,
+    *,
+    crf: int,
+    preset: str,
+    deterministic: bool,  # same frames -> same bytes (x264 single-threaded, no lookahead)
+    faststart: bool,  # `moov` atom first, for files browsers play while downloading
+) -> None:
+    """The one H.264 encoder: yuv420p, BT.709 limited range (tagged and converted), constant quality."""
     rate = Fraction(fps).limit_denominator(1001)  # 29.97 -> 2997/100; 7 -> 7
-    with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(target, "w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"  # 4:2:0 8-bit: the only H.264 flavour every browser plays
-        stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+        x264 = {"x264-params": DETERMINISTIC_X264} if deterministic else {}
+        stream.options = {"crf": str(crf), "preset": preset, **x264}
         cc = stream.codec_context
         # Tag BT.709 limited range and convert with the same matrix, so players do not guess.
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
@@ -274,23 +321,63 @@ def _existing_input(path: str | Path) -> Path:
     return path
 
 
-@contextmanager
-def _open_container(path: Path) -> Iterator[av.container.InputContainer]:
+def iter_av_frames(path: str | Path) -> Iterator[av.VideoFrame]:
+    """Yield PyAV frames of a (possibly hour-long) file in display order, one at a time.
+
+    Convert each with `.to_ndarray(format="rgb24", width=..., height=...)`: libswscale resizes far
+    cheaper than numpy. A file that breaks halfway raises InputError after the good frames were
+    yielded, so the caller decides whether a partial decode is acceptable.
+    """
+    path = Path(path)
     try:
-        container = av.open(str(path))
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield from container.decode(stream)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as e:
+        raise InputError(f"{path}: cannot decode ({ffmpeg_reason(e)}); re-encode it with ffmpeg or remove it") from e
+
+
+def iter_frames(path: str | Path, width: int | None = None, height: int | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames (h, w, 3) in display order, resized to (width, height) if given."""
+    for frame in iter_av_frames(path):
+        yield frame.to_ndarray(format="rgb24", width=width, height=height)
+
+
+def decode_mp4_bytes(data: bytes) -> tuple[np.ndarray, float]:
+    """Decode MP4 bytes (e.g. from a tar shard) into (t, h, w, 3) uint8 RGB frames and the frame rate."""
+    frames, fps = _read_container(io.BytesIO(data), None, name="MP4 data")
+    if not frames:
+        raise InputError("MP4 data holds no video frames; rebuild the shard")
+    return np.stack(frames), fps
+
+
+def ffmpeg_reason(e: Exception) -> str:
+    """The first line of a PyAV/FFmpeg error (at most 160 characters), for one-line messages."""
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+@contextmanager
+def _open_container(source: Path | IO[bytes], name: str | None = None) -> Iterator[av.container.InputContainer]:
+    name = name or str(source)
+    try:
+        container = av.open(source if isinstance(source, io.IOBase) else str(source))
     except av.error.FFmpegError as e:
-        raise InputError(f"cannot read {path} as a video ({e.strerror}); check the file or re-encode it") from e
+        raise InputError(f"cannot read {name} as a video ({e.strerror}); check the file or re-encode it") from e
     try:
         if not container.streams.video:
-            raise InputError(f"{path} has no video stream; pass a video file")
+            raise InputError(f"{name} has no video stream; pass a video file")
         yield container
     finally:
         container.close()
 
 
-def _read_container(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], float]:
+def _read_container(
+    source: Path | IO[bytes], max_frames: int | None, name: str | None = None
+) -> tuple[list[np.ndarray], float]:
+    name = name or str(source)
     frames: list[np.ndarray] = []
-    with _open_container(path) as container:
+    with _open_container(source, name) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
@@ -299,10 +386,10 @@ def _read_container(path: Path, max_frames: int | None) -> tuple[list[np.ndarray
                 if max_frames is not None and len(frames) >= max_frames:
                     break
         except av.error.FFmpegError as e:
-            raise InputError(f"{path} is corrupt after {len(frames)} frames ({e.strerror}); re-encode it") from e
+            raise InputError(f"{name} is corrupt after {len(frames)} frames ({e.strerror}); re-encode it") from e
         expected = stream.frames if max_frames is None else min(stream.frames, max_frames)
         if len(frames) < expected:  # FFmpeg stops quietly where a cut-off file ends
-            raise InputError(f"{path} is truncated: its header lists {stream.frames} frames, {len(frames)} decode")
+            raise InputError(f"{name} is truncated: its header lists {stream.frames} frames, {len(frames)} decode")
         return frames, _stream_fps(stream)
 
 

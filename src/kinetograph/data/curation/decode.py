@@ -1,14 +1,12 @@
-"""Streaming video decoding for curation: probe a file, then yield small frames one at a time.
+"""Video probing for curation: what a file holds before decoding it, and frame ranges of it.
 
-Curation must cope with hour-long inputs, so nothing here loads a whole file: frames come out of
-PyAV one by one, already downscaled by libswscale (much cheaper than resizing in numpy).
+Curation must cope with hour-long inputs, so nothing here loads a whole file: frames stream out
+of `kinetograph.io.video.iter_frames` one by one, already downscaled by libswscale.
 Failures become `InputError`s whose message is the reason written into the manifest.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import av
 import numpy as np
 
 from kinetograph.errors import InputError
+from kinetograph.io.video import ffmpeg_reason, iter_frames
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -56,7 +55,7 @@ def probe(path: str | Path) -> VideoInfo:
     except InputError:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode ({_short(e)}); re-encode it with ffmpeg or remove it") from e
+        raise InputError(f"{path}: cannot decode ({ffmpeg_reason(e)}); re-encode it with ffmpeg or remove it") from e
     if fps <= 0 or width <= 0 or height <= 0:
         raise InputError(f"{path}: stream has no frame rate or size; re-encode it with ffmpeg")
     return VideoInfo(fps=fps, width=width, height=height, num_frames=num_frames, duration_s=duration)
@@ -67,30 +66,6 @@ def analysis_size(width: int, height: int, target_width: int) -> tuple[int, int]
     w = min(target_width, width)
     h = max(2, int(round(height * w / width / 2)) * 2)
     return w - w % 2, h
-
-
-def iter_av_frames(path: str | Path) -> Iterator[av.VideoFrame]:
-    """Yield PyAV frames in display order (convert each with `.to_ndarray(format="rgb24", ...)`).
-
-    A file that breaks halfway raises InputError after the good frames were yielded, so the
-    caller decides whether a partial decode is acceptable.
-    """
-    path = Path(path)
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            yield from container.decode(stream)
-    except (av.FFmpegError, UnicodeDecodeError, ValueError, IndexError) as e:
-        raise InputError(f"{path}: cannot decode ({_short(e)}); re-encode it with ffmpeg or remove it") from e
-
-
-def iter_frames(
-    path: str | Path, width: int | None = None, height: int | None = None
-) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames (h, w, 3) in display order, resized to (width, height) if given."""
-    for frame in iter_av_frames(path):
-        yield frame.to_ndarray(format="rgb24", width=width, height=height)
 
 
 def read_range(
@@ -106,41 +81,3 @@ def read_range(
     if not frames:
         raise InputError(f"{path}: no frames in [{start}, {end}); the manifest is stale, re-run curate")
     return np.stack(frames)
-
-
-def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
-    """H.264 (yuv420p) mp4 bytes of frames (t, h, w, 3) uint8; h and w must be even."""
-    t, h, w, _ = frames.shape
-    assert frames.dtype == np.uint8 and h % 2 == 0 and w % 2 == 0, (frames.dtype, h, w)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=_rate(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # x264 with its lookahead/macroblock-tree (and threads) gave different bytes from run to run
-        # on the same frames; without them the shards are reproducible. Clips are short and
-        # parallelism is per clip, so the lost speed and the small loss in quality do not matter.
-        x264 = "threads=1:sliced-threads=0:rc-lookahead=0:mbtree=0"
-        stream.options = {"crf": str(crf), "preset": "fast", "x264-params": x264}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buf.getvalue()
-
-
-def decode_mp4(data: bytes) -> tuple[np.ndarray, float]:
-    """Decode mp4 bytes (from a shard) to ((t, h, w, 3) uint8, fps)."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    return np.stack(frames), fps
-
-
-def _rate(fps: float):
-    from fractions import Fraction
-
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _short(e: Exception) -> str:
-    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__

@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 
 from kinetograph.errors import InputError
+from kinetograph.flow import FarnebackConfig, farneback
 
 SCORE_UNITS = "percent of frame width per second (mean Farneback flow magnitude)"
+FLOW = FarnebackConfig(winsize=13, levels=3)  # what the scores (and the default bucket curve) are measured with
 
 
 def gray(frame: np.ndarray) -> np.ndarray:
@@ -32,10 +34,7 @@ def gray(frame: np.ndarray) -> np.ndarray:
 
 def flow_magnitude(prev_gray: np.ndarray, cur_gray: np.ndarray) -> float:
     """Mean Farneback flow magnitude between two grey frames, in pixels of these frames."""
-    flow = cv2.calcOpticalFlowFarneback(
-        prev_gray, cur_gray, None, pyr_scale=0.5, levels=3, winsize=13, iterations=3,
-        poly_n=5, poly_sigma=1.1, flags=0,
-    )  # (h, w, 2)
+    flow = farneback(prev_gray, cur_gray, FLOW)  # (h, w, 2)
     return float(np.sqrt((flow**2).sum(-1)).mean())
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kinetograph.data.curation import captions as captions_mod
-from kinetograph.data.curation.decode import analysis_size, encode_mp4, iter_av_frames, probe
+from kinetograph.data.curation.decode import analysis_size, probe
 from kinetograph.data.curation.dedupe import find_duplicates, phash
 from kinetograph.data.curation.filters import (
     BLACK_LUMA, BLANK_STD, TEXT_WIDTH, FilterConfig, load_scorer, luma_stats, text_score, verdicts,
@@ -39,6 +39,7 @@ from kinetograph.data.curation.manifest import (
 from kinetograph.data.curation.motion import MotionBucketMap, flow_magnitude, gray, motion_score
 from kinetograph.data.curation.scenes import SceneConfig, content_score, detect_cuts, hsv, shots, split_shot
 from kinetograph.errors import InputError
+from kinetograph.io.video import encode_mp4_bytes, iter_av_frames
 
 ENGINES = ("process", "ray")
 
@@ -390,7 +391,7 @@ def write_clip_shards(rows: list[dict], folder: Path, short_side: int, max_count
         def flush(row: dict, frames: list[np.ndarray]) -> None:
             if frames:
                 meta = {k: row[k] for k in ("id", "source", "start_frame", "end_frame", "fps", "motion_score", "motion_bucket", "caption")}
-                shard = writer.write(row["id"], {"mp4": encode_mp4(np.stack(frames), row["fps"]), "json": {**meta, "kind": "video"}})
+                shard = writer.write(row["id"], {"mp4": encode_mp4_bytes(np.stack(frames), row["fps"]), "json": {**meta, "kind": "video"}})
                 placed[row["id"]] = f"{folder.name}/{shard}"
 
         for source, clips in by_source.items():
