@@ -367,9 +367,21 @@ def make_eval_cli(
             Path | None,
             typer.Option("--fvd-reference", help="Folder of real videos FVD compares against."),
         ] = None,
-        device: Annotated[str, typer.Option("--device", help="Device for I3D.")] = "cpu",
+        clip_weights: Annotated[
+            Path | None,
+            typer.Option("--clip", help="OpenCLIP weights file for CLIP score / consistency (e.g. ViT-H-14)."),
+        ] = None,
+        allow_pickle: Annotated[
+            bool, typer.Option("--allow-pickle", help="Accept a pickle --clip file (loaded weights-only).")
+        ] = False,
+        device: Annotated[str, typer.Option("--device", help="Device for I3D and CLIP.")] = "cpu",
     ) -> None:
         """Generate (or read) a suite's videos, measure them, write report.json and report.html."""
+        clip = None
+        if clip_weights is not None:
+            from kinetograph.eval.clip_loader import load_clip_embedders
+
+            clip = load_clip_embedders(clip_weights, allow_pickle=allow_pickle, device=device)
         generate_fn = None
         if videos is None:
             if checkpoint is None:
@@ -389,6 +401,7 @@ def make_eval_cli(
             generate_fn=generate_fn,
             i3d_weights=i3d,
             fvd_reference=fvd_reference,
+            clip=clip,
             device=device,
             log=lambda msg: typer.echo(msg, err=True),
         )

@@ -1,0 +1,418 @@
+"""The training stages of SVD (Blattmann et al. 2023, sec. 3-4) on our one VideoUNet, plus the VAE.
+
+    vae       our own small autoencoder: reconstruction + KL (stage 0, our models only)
+    image     the UNet as an image model: 1-frame clips, image_only_indicator = 1, so alpha = 1
+              exactly and the temporal layers are bypassed (frozen, never run)
+    video     "insert temporal layers": every temporal parameter re-initialised with its last
+              projection zeroed, so the network equals the per-frame image network at insertion;
+              then clips with fps / motion micro-conditioning
+    finetune  image-to-video as SVD: noise-augmented conditioning-frame latent concatenated to the
+              input, CLIP image embedding as cross-attention context, fps / motion / cond_aug
+              micro-conditioning from the data; full or LoRA
+
+Conditioning in every diffusion stage is SVD's: the CLIP image embedding of the clip's first frame
+is the cross-attention context (dropped to zeros with `cond_drop_prob`, the unconditional branch
+of guidance). Stages image and video feed zeros in the concatenated image-latent channels and
+keep their conv_in weights at zero, so stage finetune starts exactly from the video model
+(sgm instead widens conv_in with zero weights when it adds the channels).
+
+Latents: the first stage samples the posterior. Our VAE always applies quant_conv; sgm's first
+stage (the official training latents) does not, so `first_stage_quant_conv = false` encodes with
+encoder -> moments only for official weights. The concat latent is always encoder -> quant_conv
+-> posterior mode, unscaled, as at inference (ImageToVideo.encode_condition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from kinetograph.conditioning import Cond
+from kinetograph.diffusion.denoiser import Denoiser, Network, VScalingEDMcNoise
+from kinetograph.diffusion.samplers import sample_euler
+from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
+from kinetograph.models.clip_image import clip_preprocess
+from kinetograph.models.layers import AlphaBlender, ResBlock, timestep_embedding
+from kinetograph.models.svd import SVD
+from kinetograph.models.unet import VideoTransformerBlock, VideoUNet
+from kinetograph.models.vae import VAE
+from kinetograph.training.config import TrainConfig
+from kinetograph.training.loss import EDMLoss, VAELoss
+from kinetograph.training.lora import add_lora
+from kinetograph.training.rng import SampleRNG
+
+TEMPORAL = ("time_stack", "time_pos_embed", "time_mixer")
+# Noise-level density per stage, ln(sigma) ~ N(p_mean, p_std^2): EDM's image default, and for
+# video the density shifted to more noise (SVD App. D; the values public SVD finetuning code uses).
+SIGMA_DEFAULTS = {"image": (-1.2, 1.2), "video": (0.7, 1.6), "finetune": (0.7, 1.6)}
+
+
+def is_temporal(name: str) -> bool:
+    return any(part in TEMPORAL for part in name.split("."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal layers: insertion (stage video) and bypass (stage image).
+
+
+@torch.no_grad()
+def insert_temporal_layers(unet: VideoUNet, seed: int = 0) -> int:
+    """Re-initialise every temporal parameter so that the video network is the image network.
+
+    Each temporal branch gets fresh default weights, then its last projection is zeroed, so the
+    branch returns its input: a temporal ResBlock's out conv (identity skip remains), a temporal
+    transformer block's ff_in / attn1 / attn2 / ff output layers (residuals remain), and the
+    frame-index embedding's last Linear. Then x_temporal == x_spatial and the blend
+    alpha * x + (1 - alpha) * x is x for any alpha (mix_factor back to sgm's 0.5). Gradients still
+    reach every temporal parameter through the zeroed layers after the first step, as with
+    zero-initialised residual branches. Returns the number of parameters re-initialised.
+    """
+    with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's CPU RNG as it was
+        torch.manual_seed(seed)
+        for name, module in unet.named_modules():
+            if is_temporal(name) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    for name, module in unet.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if isinstance(module, AlphaBlender):
+            module.mix_factor.fill_(0.5)
+        elif last == "time_stack" and isinstance(module, ResBlock):
+            _zero(module.out_layers[-1])
+        elif last == "time_pos_embed":
+            _zero(module[-1])
+        elif isinstance(module, VideoTransformerBlock):
+            for layer in (module.ff_in.net[-1], module.attn1.to_out[0], module.attn2.to_out[0], module.ff.net[-1]):
+                _zero(layer)
+    return sum(p.numel() for n, p in unet.named_parameters() if is_temporal(n))
+
+
+def _zero(layer: nn.Module) -> None:
+    for p in layer.parameters():
+        p.zero_()
+
+
+@torch.no_grad()
+def zero_concat_channels(unet: VideoUNet) -> None:
+    """Zero conv_in's weights on the concatenated image-latent channels (unused before finetune)."""
+    conv = unet.input_blocks[0][0]
+    conv.weight[:, unet.cfg.out_channels :] = 0.0
+
+
+def _passthrough(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return x
+
+
+@contextmanager
+def temporal_bypass(unet: nn.Module) -> Iterator[None]:
+    """Inside the block every temporal branch returns its input instead of running.
+
+    Exact for image batches: with image_only_indicator = 1 the blend is 1 * spatial + 0 * temporal,
+    which is spatial for any finite temporal output, so skipping the branch saves its forward and
+    backward without changing a bit (tested).
+    """
+    blocks = [m for n, m in unet.named_modules() if n.rsplit(".", 1)[-1] == "time_stack"]
+    targets = [m for b in blocks for m in (b if isinstance(b, nn.ModuleList) else [b])]
+    for m in targets:
+        m.forward = _passthrough
+    try:
+        yield
+    finally:
+        for m in targets:
+            del m.forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding a batch.
+
+
+def micro_vectors(fps_id: torch.Tensor, motion: torch.Tensor, cond_aug: torch.Tensor, dim: int) -> torch.Tensor:
+    """Batched `conditioning.micro_conditioning`: (b,) each -> (b, 3*dim), [fps | motion | aug]."""
+    return torch.cat([timestep_embedding(v.float(), dim) for v in (fps_id, motion, cond_aug)], dim=-1)
+
+
+@torch.no_grad()
+def first_stage_latents(vae: VAE, frames: torch.Tensor, eps: torch.Tensor, quant_conv: bool) -> torch.Tensor:
+    """Training latents ((b t), z, h, w), scaled: a posterior sample of each frame (sgm first stage)."""
+    if quant_conv:
+        mean, logvar = vae.encode_moments(frames)
+    else:  # sgm AutoencodingEngine: encoder -> DiagonalGaussianRegularizer, no quant_conv
+        mean, logvar = vae.encoder(frames).chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+    z = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
+    return z * vae.cfg.scale_factor
+
+
+@torch.no_grad()
+def image_embedding(model: SVD, frames: torch.Tensor) -> torch.Tensor:
+    """CLIP embedding of (b, 3, H, W) frames in [-1, 1] -> (b, 1, d) float32."""
+    return model.image_encoder(clip_preprocess(frames))[:, None, :].float()
+
+
+class Autoencoder(nn.Module):
+    """The VAE's encode-sample-decode as one forward, so DDP/FSDP can wrap stage vae's training."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, ...]:
+        mean, logvar = self.vae.encode_moments(pixels)  # ((b t), z, h, w)
+        z = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
+        return self.vae.decode(z, num_frames=num_frames), mean, logvar
+
+
+def unet_network(unet: nn.Module) -> Network:
+    """F(x_in, c_noise, cond) for the Denoiser: the (possibly DDP/FSDP-wrapped) UNet on [x_in | concat]."""
+
+    def network(x_in: torch.Tensor, c_noise: torch.Tensor, cond: Cond) -> torch.Tensor:
+        out = unet(
+            torch.cat([x_in, cond.concat.to(x_in.dtype)], dim=1),
+            c_noise,
+            cond.crossattn,
+            cond.vector,
+            cond.num_frames,
+            cond.image_only_indicator,
+        )
+        return out.float()
+
+    return network
+
+
+@dataclass
+class Inputs:
+    """What the loss needs from one micro batch."""
+
+    x0: torch.Tensor  # ((b t), c, h, w): clean latents (diffusion) or pixels (vae)
+    num_frames: int
+    cond: Cond | None = None
+
+
+class Stage:
+    """Common parts; subclasses set `name` and override what differs."""
+
+    name = ""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.preset_name = "tiny"  # the model's preset (sampling defaults); set when the model is built
+
+    @property
+    def num_frames(self) -> int:
+        return self.cfg.data.num_frames
+
+    def prepare(self, model: SVD) -> None:
+        """Changes a fresh run makes to the loaded model before training (re-done identically on resume)."""
+
+    def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
+        return {f"unet.{n}": p for n, p in model.unet.named_parameters()}
+
+    def module(self, model: SVD) -> nn.Module:
+        """The module that trains, and that DDP/FSDP wraps."""
+        return model.unet
+
+    @contextmanager
+    def forward_context(self, module: nn.Module) -> Iterator[None]:
+        yield
+
+    def make_loss(self) -> EDMLoss | VAELoss:
+        p_mean, p_std = SIGMA_DEFAULTS[self.name]
+        loss = self.cfg.loss
+        return EDMLoss(
+            p_mean=p_mean if loss.p_mean is None else loss.p_mean,
+            p_std=p_std if loss.p_std is None else loss.p_std,
+            weighting=loss.weighting,
+        )
+
+    def loss(self, loss_fn: EDMLoss | VAELoss, module: nn.Module, inputs: Inputs, rng: SampleRNG) -> torch.Tensor:
+        """Per-video loss (b,)."""
+        return loss_fn(unet_network(module), inputs.x0, inputs.cond, rng)
+
+    # -- diffusion stages --------------------------------------------------------------------
+
+    def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
+        """Batch -> clean latents and conditioning. Draw order per sample: latent eps, [cond aug], drop.
+
+        train=False (validation) never drops the conditioning.
+        """
+        video = batch["video"]  # (b, t, 3, H, W) in [-1, 1]
+        b, t = video.shape[:2]
+        frames = rearrange(video, "b t c h w -> (b t) c h w")
+        vae = model.vae
+        f = vae.cfg.downsample_factor
+        eps = rng.randn(t, vae.cfg.z_channels, video.shape[-2] // f, video.shape[-1] // f)
+        x0 = first_stage_latents(vae, frames, rearrange(eps, "b t c h w -> (b t) c h w"), self.cfg.model.first_stage_quant_conv)
+        first = video[:, 0]  # (b, 3, H, W)
+        embedding = image_embedding(model, first)  # (b, 1, d)
+        concat, vector = self.concat_and_vector(model, batch, first, x0.shape[1:], rng)
+        keep = (rng.rand() >= self.cfg.loss.cond_drop_prob).float().to(video.device)  # (b,)
+        if not train:
+            keep = torch.ones_like(keep)
+        embedding = embedding * keep[:, None, None]
+        concat = concat * keep[:, None, None, None]
+        cond = Cond(
+            crossattn=repeat(embedding, "b n d -> (b t) n d", t=t),
+            concat=repeat(concat, "b c h w -> (b t) c h w", t=t),
+            vector=repeat(vector, "b k -> (b t) k", t=t),
+            num_frames=t,
+            image_only_indicator=self.image_only_indicator(b, t, video.device),
+        )
+        return Inputs(x0=x0, num_frames=t, cond=cond)
+
+    def image_only_indicator(self, b: int, t: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(b, t, device=device)
+
+    def concat_and_vector(self, model: SVD, batch: dict, first: torch.Tensor, latent_shape, rng: SampleRNG):
+        """(b, c, h, w) image latent (zeros before finetune) and (b, adm) vector conditioning."""
+        b = first.shape[0]
+        dim = model.cfg.unet.adm_in_channels // 3
+        fps_id = batch["fps"].to(first.device).round() - 1
+        vector = micro_vectors(fps_id, batch["motion_bucket"].to(first.device), torch.zeros(b, device=first.device), dim)
+        return first.new_zeros(b, *latent_shape), vector
+
+    # -- validation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
+        """Generate one clip conditioned on `frames` (1, t, 3, H, W)'s first frame -> (t, H, W, 3) uint8."""
+        device = frames.device
+        batch = {"video": frames, "fps": torch.tensor([fps]), "motion_bucket": torch.tensor([motion])}
+        inputs = self.encode(model, batch, SampleRNG(seed, [0], device), train=False)
+        sigmas = karras_sigmas(steps).to(device)
+        g = torch.Generator(device).manual_seed(seed)
+        x = torch.randn(inputs.x0.shape, generator=g, device=device) * init_noise_scale(sigmas)
+        denoiser = Denoiser(unet_network(model.unet), VScalingEDMcNoise())
+        with self.forward_context(model.unet):
+            x = sample_euler(lambda x, s: denoiser(x, s, inputs.cond), x, sigmas)
+        pixels = model.vae.decode(x / model.vae.cfg.scale_factor, num_frames=inputs.num_frames)
+        return to_uint8(pixels)
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """((t), 3, H, W) in [-1, 1] -> (t, H, W, 3) uint8."""
+    frames = ((pixels.float() + 1) / 2).clamp(0, 1)
+    return (rearrange(frames, "t c h w -> t h w c") * 255).round().to(torch.uint8).cpu().numpy()
+
+
+class VAEStage(Stage):
+    name = "vae"
+
+    def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
+        return {f"vae.{n}": p for n, p in model.vae.named_parameters()}
+
+    def module(self, model: SVD) -> nn.Module:
+        return Autoencoder(model.vae)
+
+    def make_loss(self) -> VAELoss:
+        return VAELoss(kl_weight=self.cfg.loss.kl_weight, recon=self.cfg.loss.recon)
+
+    def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
+        video = batch["video"]
+        return Inputs(x0=rearrange(video, "b t c h w -> (b t) c h w"), num_frames=video.shape[1])
+
+    def loss(self, loss_fn, module, inputs, rng):
+        return loss_fn(module, inputs.x0, inputs.num_frames, rng)
+
+    @torch.no_grad()
+    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
+        """Reconstruction (posterior mode) next to the input, side by side."""
+        t = frames.shape[1]
+        x = rearrange(frames, "b t c h w -> (b t) c h w")
+        recon = model.vae.decode(model.vae.encode(x), num_frames=t)
+        return to_uint8(torch.cat([x, recon], dim=-1))
+
+
+class ImageStage(Stage):
+    name = "image"
+
+    @property
+    def num_frames(self) -> int:
+        return 1
+
+    def prepare(self, model: SVD) -> None:
+        zero_concat_channels(model.unet)
+
+    def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
+        return {f"unet.{n}": p for n, p in model.unet.named_parameters() if not is_temporal(n)}
+
+    @contextmanager
+    def forward_context(self, module: nn.Module) -> Iterator[None]:
+        with temporal_bypass(module):
+            yield
+
+    def image_only_indicator(self, b: int, t: int, device: torch.device) -> torch.Tensor:
+        return torch.ones(b, t, device=device)
+
+    def concat_and_vector(self, model, batch, first, latent_shape, rng):
+        # A still image has no fps or motion: no micro-conditioning (zeros, a constant label_emb).
+        b = first.shape[0]
+        return first.new_zeros(b, *latent_shape), first.new_zeros(b, model.cfg.unet.adm_in_channels)
+
+
+class VideoStage(Stage):
+    name = "video"
+
+    def prepare(self, model: SVD) -> None:
+        insert_temporal_layers(model.unet, self.cfg.run.seed)
+        zero_concat_channels(model.unet)
+
+    def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
+        only_temporal = self.cfg.model.train == "temporal"
+        return {f"unet.{n}": p for n, p in model.unet.named_parameters() if not only_temporal or is_temporal(n)}
+
+
+class FinetuneStage(Stage):
+    name = "finetune"
+
+    def prepare(self, model: SVD) -> None:
+        m = self.cfg.model
+        if m.lora_rank > 0:
+            add_lora(model.unet, m.lora_rank, m.lora_alpha, m.lora_targets)
+
+    def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
+        params = {f"unet.{n}": p for n, p in model.unet.named_parameters()}
+        if self.cfg.model.lora_rank > 0:
+            params = {n: p for n, p in params.items() if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")}
+        return params
+
+    def concat_and_vector(self, model, batch, first, latent_shape, rng):
+        """SVD's image conditioning: latent of the noise-augmented first frame, and cond_aug = its sigma."""
+        b = first.shape[0]
+        loss = self.cfg.loss
+        cond_sigma = rng.log_normal(loss.cond_aug_p_mean, loss.cond_aug_p_std).to(first.device)  # (b,)
+        noise = rng.randn(*first.shape[1:]).to(first.device)  # (b, 3, H, W)
+        noisy = first + cond_sigma[:, None, None, None] * noise
+        with torch.no_grad():
+            latent = model.vae.encode(noisy)  # posterior mode, unscaled, with quant_conv (as inference)
+        dim = model.cfg.unet.adm_in_channels // 3
+        fps_id = batch["fps"].to(first.device).round() - 1
+        vector = micro_vectors(fps_id, batch["motion_bucket"].to(first.device), cond_sigma, dim)
+        return latent, vector
+
+    @torch.no_grad()
+    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
+        """Image-to-video with the pipeline users run (ImageToVideo) on the in-memory model."""
+        from kinetograph.pipeline.image_to_video import ImageToVideo  # pipeline imports io; keep it lazy
+        from kinetograph.presets import PRESETS
+
+        preset = PRESETS.get(self.preset_name, PRESETS["tiny"])
+        pipe = ImageToVideo(model, preset, frames.device)
+        first = to_uint8(frames[0, :1])[0]  # (H, W, 3)
+        video = pipe(
+            first, height=frames.shape[-2], width=frames.shape[-1], num_frames=frames.shape[1],
+            num_inference_steps=steps, fps=max(1, round(fps)), motion_bucket_id=motion, seed=seed,
+            decode_chunk_size=frames.shape[1],
+        )
+        return video.frames
+
+
+STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "image": ImageStage, "video": VideoStage, "finetune": FinetuneStage}
+
+
+def make_stage(cfg: TrainConfig) -> Stage:
+    return STAGE_CLASSES[cfg.stage](cfg)
