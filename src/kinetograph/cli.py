@@ -230,12 +230,16 @@ def _register_subcommands() -> None:
     from kinetograph.data.cli import app as data_app
     from kinetograph.data.cli import curate_command
     from kinetograph.eval.cli import make_eval_cli
+    from kinetograph.training.cli import train_command
 
     app.command("eval", help="Generate (or read) a suite's videos, score them, write report.json + report.html.")(
         make_eval_cli(_make_generate_fn)
     )
     app.command("curate")(curate_command)
     app.add_typer(data_app, name="data")
+    app.command("train", help="Train or finetune a model: --stage vae|image|video|finetune --config FILE.")(
+        train_command
+    )
 
 
 _register_subcommands()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -178,6 +178,10 @@ def unet_network(unet: nn.Module) -> Network:
             cond.vector,
             cond.num_frames,
             cond.image_only_indicator,
+            # Text-conditioned UNets: per-token states, mask, pooled vector (None for image-only models).
+            text_tokens=cond.text_tokens,
+            text_mask=cond.text_mask,
+            text_pooled=cond.text_pooled,
         )
         return out.float()
 
@@ -317,6 +321,26 @@ class VAEStage(Stage):
 
     def loss(self, loss_fn, module, inputs, rng):
         return loss_fn(module, inputs.x0, inputs.num_frames, rng)
+
+    @torch.no_grad()
+    def calibrate(self, model: SVD, batches: Iterator[dict], d, n_batches: int = 4) -> float:
+        """Set the latent scale factor to 1 / std of posterior samples over a few batches (as SD chose
+        0.18215), so the diffusion stages see unit-variance latents; stored in the exported config."""
+        from kinetograph.training.distributed import all_mean
+
+        device = next(model.vae.parameters()).device
+        sums = torch.zeros(2, device=device, dtype=torch.float64)
+        for i in range(n_batches):
+            batch = next(batches)
+            x = rearrange(batch["video"].to(device), "b t c h w -> (b t) c h w")
+            z = model.vae.encode(x, sample=True, generator=torch.Generator(device).manual_seed(i))
+            sums += torch.stack([z.double().square().mean(), z.double().mean()])
+        second, first = (all_mean(sums, d) / n_batches).tolist()
+        scale = float(1.0 / max(second - first**2, 1e-12) ** 0.5)
+        vae_cfg = replace(model.cfg.vae, scale_factor=scale)
+        model.cfg = replace(model.cfg, vae=vae_cfg)
+        model.vae.cfg = vae_cfg
+        return scale
 
     @torch.no_grad()
     def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:

@@ -1,0 +1,202 @@
+"""The training loop on tiny models: exact resume after SIGKILL, overfitting, export, config handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_
+
+from kinetograph.data.build import build
+from kinetograph.errors import InputError
+from kinetograph.io.checkpoint import save_original
+from kinetograph.io.safetensors import load_state_dict
+from kinetograph.models.svd import SVD
+from kinetograph.presets import PRESETS
+from kinetograph.pipeline.image_to_video import ImageToVideo
+from kinetograph.training.config import TrainConfig, from_dict, load_config, to_toml, with_overrides
+from kinetograph.training.loop import build_model, lr_factor, train
+from kinetograph.training.rng import SampleRNG
+from kinetograph.training.stages import is_temporal, make_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_data")
+    build(out, "tiny", seed=0, workers=1, progress=False)
+    return out
+
+
+def tiny_cfg(root: Path, out: Path, stage: str, **sections) -> TrainConfig:
+    sections.setdefault("data", {})
+    base = from_dict({
+        "stage": stage,
+        "model": {"preset": "tiny"},
+        "data": {"root": str(root), "num_frames": 3, "height": 32, "width": 32, "batch_size": 2,
+                 "kinds": ["video", "camera"] if stage != "image" else ["image", "camera"]},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "run": {"out_dir": str(out), "max_steps": 6, "ckpt_every": 2, "val_count": 0, "progress": False,
+                "tensorboard": False, "threads": 2},
+    })
+    return with_overrides(base, **sections)
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_config_round_trip_and_errors(tmp_path: Path):
+    cfg = tiny_cfg(tmp_path, tmp_path / "run", "finetune", model={"lora_rank": 4}, loss={"p_mean": 1.0})
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+    assert load_config(path, overrides=["optim.lr=0.5", 'run.out_dir="elsewhere"']).optim.lr == 0.5
+    for repo_config in sorted((ROOT / "configs").glob("*.toml")):
+        load_config(repo_config)  # every committed recipe validates
+    path.write_text(to_toml(cfg).replace("[optim]", "[optim]\nlearning_rate = 1.0"))
+    with pytest.raises(InputError, match="optim.learning_rate"):
+        load_config(path)
+    with pytest.raises(InputError, match="--stage video"):
+        path.write_text(to_toml(cfg))
+        load_config(path, stage="video")
+    with pytest.raises(InputError, match="optim.lr must be of type float"):
+        load_config(path, overrides=['optim.lr="fast"'])
+
+
+def test_lr_schedule():
+    cfg = with_overrides(TrainConfig(), optim={"lr": 1.0, "warmup_steps": 4, "schedule": "cosine", "min_lr_ratio": 0.1},
+                         run={"max_steps": 14})
+    assert [lr_factor(cfg, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(cfg, 9) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 14) == pytest.approx(0.1)
+
+
+def test_resume_after_sigkill_continues_the_same_run(data: Path, tmp_path: Path):
+    steps = 8
+    ref = tiny_cfg(data, tmp_path / "ref", "finetune", run={"max_steps": steps, "ckpt_every": 2, "keep_last": 2, "progress": False,
+                                                             "tensorboard": False, "threads": 2, "val_count": 0, "out_dir": str(tmp_path / "ref")})
+    reference = train(ref)
+    assert sorted(reference.losses) == list(range(1, steps + 1))
+
+    out = tmp_path / "killed"
+    cfg = with_overrides(ref, run={"out_dir": str(out)})
+    path = tmp_path / "killed.toml"
+    path.write_text(to_toml(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kinetograph.training.cli", "--stage", "finetune", "--config", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    marker = out / "checkpoints" / "step-00000004" / "state.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the training subprocess made no checkpoint in time"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    assert max(losses(out)) < steps
+
+    resumed = train(cfg, resume=True)
+    assert min(resumed.losses) > 4  # it continued; it did not start over
+    curve, want = losses(out), reference.losses
+    assert sorted(curve) == list(range(1, steps + 1))
+    torch.testing.assert_close(torch.tensor([curve[s] for s in want]), torch.tensor(list(want.values())), rtol=1e-5, atol=1e-6)
+    # Final EMA weights (the export) agree too.
+    a, b = load_state_dict(out / "export" / "model.safetensors"), load_state_dict(tmp_path / "ref" / "export" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert len(list((out / "checkpoints").iterdir())) == 2  # keep_last
+
+
+def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_dirs(data: Path, tmp_path: Path):
+    cfg = tiny_cfg(data, tmp_path / "run", "image", run={"max_steps": 1, "ckpt_every": 1, "out_dir": str(tmp_path / "run"),
+                                                         "progress": False, "tensorboard": False, "val_count": 0})
+    train(cfg)
+    with pytest.raises(InputError, match="--resume"):
+        train(cfg)
+    with pytest.raises(InputError, match="optim.lr"):
+        train(with_overrides(cfg, optim={"lr": 0.5}, run={"max_steps": 2}), resume=True)
+    assert train(with_overrides(cfg, run={"max_steps": 2}), resume=True).step == 2  # more steps: fine
+
+
+@torch.no_grad()
+def _eval_loss(cfg: TrainConfig, model, batch) -> float:
+    stage = make_stage(cfg)
+    loss_fn = stage.make_loss()
+    total = 0.0
+    for k in range(8):  # fixed noise levels and noise: positions 1000 + ...
+        rng = SampleRNG(123, [1000 + 2 * k, 1001 + 2 * k])
+        inputs = stage.encode(model, batch, rng, train=False)
+        with stage.forward_context(model.unet):
+            total += float(stage.loss(loss_fn, model.unet, inputs, rng).mean())
+    return total / 8
+
+
+def test_image_stage_overfits_and_writes_validation(data: Path, tmp_path: Path):
+    cfg = tiny_cfg(data, tmp_path / "img", "image",
+                   data={"kinds": ["image"], "batch_size": 2, "height": 32, "width": 32},
+                   optim={"lr": 2e-3, "warmup_steps": 0, "schedule": "constant"},
+                   ema={"enabled": False},
+                   run={"max_steps": 30, "ckpt_every": 30, "val_count": 1, "val_steps": 3, "out_dir": str(tmp_path / "img"),
+                        "progress": False, "tensorboard": True})
+    from kinetograph.data.datasets import ClipDataset, collate
+    from kinetograph.training.data import sample_config
+
+    ds = ClipDataset(data, sample_config(cfg, 1), seed=0)
+    batch = collate([ds[0], ds[1]])
+    before, _ = build_model(cfg, make_stage(cfg))
+    result = train(cfg)
+    from kinetograph.io.checkpoint import load_checkpoint
+
+    after = load_checkpoint(result.exports[0]).model
+    l0, l1 = _eval_loss(cfg, before, batch), _eval_loss(cfg, after, batch)
+    assert l1 < 0.8 * l0, (l0, l1)
+    # Temporal layers were frozen: identical to the random init.
+    for (n, p), q in zip(before.unet.named_parameters(), after.unet.parameters(), strict=True):
+        if is_temporal(n):
+            assert torch.equal(p, q), n
+        elif n.startswith("out.") or n.startswith("input_blocks.1.0.in_layers"):
+            assert not torch.equal(p, q), n
+    assert result.validation and result.validation[0].is_file()
+    assert list((tmp_path / "img" / "tensorboard").iterdir())
+
+
+def test_finetune_lora_export_loads_and_generates_in_both_layouts(data: Path, tmp_path: Path):
+    out = tmp_path / "ft"
+    # Start from weights with no zero layers (a fresh UNet's zeroed proj_out would block LoRA's gradients).
+    init = save_original(randomize_(SVD(PRESETS["tiny"].model), seed=2), tmp_path / "init.safetensors", "tiny")
+    cfg = tiny_cfg(data, out, "finetune",
+                   data={"height": 64, "width": 64, "num_frames": 2, "batch_size": 1},
+                   model={"lora_rank": 2, "gradient_checkpointing": True, "init": str(init)},
+                   optim={"lr": 1e-2},
+                   run={"max_steps": 2, "ckpt_every": 2, "val_count": 1, "val_steps": 2, "out_dir": str(out),
+                        "export_layouts": ["original", "diffusers"], "progress": False, "tensorboard": False})
+    result = train(cfg)
+    ckpt_weights = load_state_dict(out / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert ckpt_weights and all(k.endswith(("lora_A", "lora_B")) for k in ckpt_weights)  # adapters only
+    original, diffusers = result.exports
+    plain = with_overrides(cfg, model={"lora_rank": 0})
+    before, _ = build_model(plain, make_stage(plain))
+    frames = []
+    for path in (original, diffusers):
+        pipe = ImageToVideo.from_checkpoint(path)
+        assert pipe.preset.name == "tiny"
+        w = pipe.model.unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight
+        assert not torch.equal(w, before.unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight)  # merged
+        image = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+        video = pipe(image, height=64, width=64, num_frames=2, num_inference_steps=2, seed=0)
+        assert video.frames.shape == (2, 64, 64, 3)
+        frames.append(torch.from_numpy(video.frames).float())
+    assert (frames[0] - frames[1]).abs().max() <= 1  # the two layouts hold the same model
+    assert result.validation and result.validation[0].is_file()

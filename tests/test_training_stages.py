@@ -1,0 +1,168 @@
+"""Stages: temporal-layer insertion is exact, the image-stage bypass is exact, losses and LoRA behave."""
+
+from __future__ import annotations
+
+import torch
+from conftest import randomize_
+
+from kinetograph.conditioning import micro_conditioning
+from kinetograph.diffusion.denoiser import VScalingEDMcNoise
+from kinetograph.models.unet import VideoUNet
+from kinetograph.presets import PRESETS
+from kinetograph.training.loss import EDMLoss
+from kinetograph.training.lora import LoRALinear, add_lora, merge_lora
+from kinetograph.training.rng import SampleRNG
+from kinetograph.training.stages import (
+    insert_temporal_layers,
+    is_temporal,
+    micro_vectors,
+    temporal_bypass,
+    zero_concat_channels,
+)
+
+CFG = PRESETS["tiny"].model.unet
+
+
+def _inputs(b: int, t: int, seed: int = 0, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    n = b * t
+    return (
+        torch.randn(n, CFG.in_channels, size, size, generator=g),
+        torch.randn(n, generator=g),
+        torch.randn(n, 1, CFG.context_dim, generator=g),
+        torch.randn(n, CFG.adm_in_channels, generator=g),
+    )
+
+
+def test_inserted_video_network_equals_per_frame_image_network():
+    torch.manual_seed(0)
+    unet = randomize_(VideoUNet(CFG), seed=3, std=0.1)
+    b, t = 2, 3
+    x, ts, ctx, y = _inputs(b, t)
+    with torch.no_grad():
+        # The image network: each frame on its own, temporal layers off (alpha = 1).
+        image_out = unet(x, ts, ctx, y, 1, torch.ones(b * t, 1))
+        before = {n: p.clone() for n, p in unet.named_parameters() if is_temporal(n)}
+        video_before = unet(x, ts, ctx, y, t, torch.zeros(b, t))
+    assert (video_before - image_out).abs().max() > 1e-3  # randomized temporal layers do mix frames
+
+    insert_temporal_layers(unet, seed=0)
+    with torch.no_grad():
+        video_out = unet(x, ts, ctx, y, t, torch.zeros(b, t))
+    torch.testing.assert_close(video_out, image_out, atol=1e-5, rtol=1e-5)
+    # Every temporal tensor was re-initialised (mix factors back to 0.5), nothing else touched.
+    changed = [n for n, p in unet.named_parameters() if is_temporal(n) and not torch.equal(p, before[n])]
+    assert set(changed) == set(before)
+    assert all(float(p.detach()) == 0.5 for n, p in unet.named_parameters() if n.endswith("mix_factor"))
+
+    # The zeroed projections get gradients, so the temporal layers can learn.
+    unet(x, ts, ctx, y, t, torch.zeros(b, t)).square().mean().backward()
+    zeroed = unet.input_blocks[1][0].time_stack.out_layers[-1].weight
+    assert zeroed.grad is not None and zeroed.grad.abs().sum() > 0
+
+
+def test_insertion_is_seeded_and_leaves_global_rng_alone():
+    a, b = VideoUNet(CFG), VideoUNet(CFG)
+    b.load_state_dict(a.state_dict())
+    state = torch.get_rng_state()
+    insert_temporal_layers(a, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    insert_temporal_layers(b, seed=7)
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_temporal_bypass_is_exact_for_image_batches():
+    unet = randomize_(VideoUNet(CFG), seed=5, std=0.1)
+    b, t = 2, 2
+    x, ts, ctx, y = _inputs(b, t, seed=1)
+    ones = torch.ones(b, t)
+    ref = unet(x, ts, ctx, y, t, ones)
+    ref.square().mean().backward()
+    ref_grads = {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
+    unet.zero_grad(set_to_none=True)
+    with temporal_bypass(unet):
+        out = unet(x, ts, ctx, y, t, ones)
+        out.square().mean().backward()
+    assert torch.equal(out, ref)
+    for n, p in unet.named_parameters():
+        if "time_stack" in n:  # the skipped branches: no backward at all
+            assert p.grad is None, n
+        elif is_temporal(n):  # alpha forced to 1, frame embedding into a skipped branch: zero or no gradient
+            assert p.grad is None or not p.grad.any(), n
+        elif not is_temporal(n):
+            torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-7, rtol=1e-6)
+    # Outside the block the temporal layers run again.
+    assert not torch.equal(unet(x, ts, ctx, y, t, torch.zeros(b, t)), ref)
+
+
+def test_zero_concat_channels_makes_the_image_latent_irrelevant():
+    unet = randomize_(VideoUNet(CFG), seed=2)
+    zero_concat_channels(unet)
+    x, ts, ctx, y = _inputs(1, 2)
+    x2 = x.clone()
+    x2[:, CFG.out_channels :] = torch.randn_like(x2[:, CFG.out_channels :])
+    with torch.no_grad():
+        assert torch.equal(unet(x, ts, ctx, y, 2), unet(x2, ts, ctx, y, 2))
+
+
+def test_micro_vectors_match_micro_conditioning():
+    got = micro_vectors(torch.tensor([6.0, 3.0]), torch.tensor([127.0, 40.0]), torch.tensor([0.02, 0.5]), 16)
+    want = torch.cat([micro_conditioning(6, 127, 0.02, 16), micro_conditioning(3, 40, 0.5, 16)])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_edm_loss_matches_hand_computation():
+    """loss = (1/c_out^2) * mean (D - x0)^2 with D from v-scalings; sigma and noise from the sample RNG."""
+    x0 = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    weight = torch.tensor(0.7)
+
+    def network(x_in, c_noise, cond):  # a linear "network" so D is known in closed form
+        return weight * x_in + c_noise[:, None, None, None]
+
+    class C:
+        num_frames = 3
+
+    loss = EDMLoss(p_mean=0.3, p_std=1.1)(network, x0, C(), SampleRNG(5, [10, 11]))
+    # Redraw what the loss drew: per video, sigma first, then (t, c, h, w) noise.
+    want = []
+    for i, pos in enumerate([10, 11]):
+        r = SampleRNG(5, [pos])
+        sigma = r.log_normal(0.3, 1.1)[0]
+        noise = r.randn(3, 4, 5, 5)[0]
+        c_skip, c_out, c_in, c_noise = VScalingEDMcNoise()(sigma[None])
+        xi = x0[3 * i : 3 * i + 3]
+        x = xi + sigma * noise
+        d = c_skip * x + c_out * (weight * c_in * x + c_noise)
+        want.append(((d - xi) ** 2).mean() / c_out.square()[0])
+    torch.testing.assert_close(loss, torch.stack(want), atol=1e-6, rtol=1e-5)
+
+
+def test_sample_rng_depends_only_on_seed_and_position():
+    a = SampleRNG(3, [0, 1, 2]).randn(4)
+    b = torch.cat([SampleRNG(3, [0]).randn(4), SampleRNG(3, [1, 2]).randn(4)])
+    assert torch.equal(a, b)
+    assert not torch.equal(SampleRNG(4, [0]).randn(4), a[:1])
+
+
+def test_lora_starts_as_identity_trains_only_adapters_and_merges_exactly():
+    unet = randomize_(VideoUNet(CFG), seed=1)
+    x, ts, ctx, y = _inputs(1, 2)
+    with torch.no_grad():
+        ref = unet(x, ts, ctx, y, 2)
+    names = add_lora(unet, rank=2)
+    assert names and all(n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or n.endswith("to_out.0") for n in names)
+    trainable = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, ts, ctx, y, 2), ref, atol=0, rtol=0)
+        for m in unet.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_(std=0.05)
+        adapted = unet(x, ts, ctx, y, 2)
+    assert (adapted - ref).abs().max() > 1e-4
+    assert merge_lora(unet) == len(names)
+    assert not any(isinstance(m, LoRALinear) for m in unet.modules())
+    assert set(unet.state_dict()) == set(VideoUNet(CFG).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, ts, ctx, y, 2), adapted, atol=1e-5, rtol=1e-5)
