@@ -59,11 +59,13 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with `nn.MultiheadAttention`'s packed parameter names.
 
     q, k, v are the three row blocks of `in_proj_weight` (in that order), as open_clip stores them.
+    `causal`: token i sees tokens <= i (the text tower).
     """
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, causal: bool = False):
         super().__init__()
         self.heads = heads
+        self.causal = causal
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -72,7 +74,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (b, n, 3*h*d)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, d), scale d^-1/2
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (b, h, n, d), scale d^-1/2
         return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -88,12 +90,15 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-    def __init__(self, cfg: CLIPVisionConfig):
+    Shared by the vision and the text tower (any config with width, heads, mlp_width, ln_eps).
+    """
+
+    def __init__(self, cfg: CLIPVisionConfig, causal: bool = False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.attn = SelfAttention(cfg.width, cfg.heads)
+        self.attn = SelfAttention(cfg.width, cfg.heads, causal)
         self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.mlp = MLP(cfg.width, cfg.mlp_width)
 
@@ -105,9 +110,9 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """Holder that gives the blocks open_clip's `transformer.resblocks.N` names."""
 
-    def __init__(self, cfg: CLIPVisionConfig):
+    def __init__(self, cfg: CLIPVisionConfig, causal: bool = False):
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(cfg) for _ in range(cfg.layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(cfg, causal) for _ in range(cfg.layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:

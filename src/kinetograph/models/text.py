@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from kinetograph.errors import CheckpointError, InputError
-from kinetograph.models.clip_image import MLP
+from kinetograph.models.clip_image import Transformer
 from kinetograph.models.tokenizer import clip_tokenizer
 
 MINILM_NAME = "minilm-l6-v2"
@@ -176,52 +174,6 @@ class OpenCLIPTextConfig:
         return round(self.width * self.mlp_ratio)
 
 
-class CausalSelfAttention(nn.Module):
-    """`nn.MultiheadAttention` parameter names (packed q|k|v `in_proj_*`, `out_proj`), causal mask."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (b, n, 3*h*d)
-        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # token i sees tokens <= i
-        return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class TextResidualBlock(nn.Module):
-    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); exact GELU (ViT-H is not quick_gelu)."""
-
-    def __init__(self, cfg: OpenCLIPTextConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.attn = CausalSelfAttention(cfg.width, cfg.heads)
-        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.mlp = MLP(cfg.width, cfg.mlp_width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class TextTransformer(nn.Module):
-    """Holder giving the blocks open_clip's `transformer.resblocks.N` names."""
-
-    def __init__(self, cfg: OpenCLIPTextConfig):
-        super().__init__()
-        self.resblocks = nn.ModuleList(TextResidualBlock(cfg) for _ in range(cfg.layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            x = block(x)
-        return x
-
-
 class OpenCLIPTextEncoder(TextEncoder):
     """open_clip `CLIP.encode_text` (unnormalized): token ids -> tokens (b, 77, width), pooled (b, embed_dim).
 
@@ -237,7 +189,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         self.width = cfg.width
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length, cfg.width))
-        self.transformer = TextTransformer(cfg)
+        self.transformer = Transformer(cfg, causal=True)  # open_clip's blocks, causal mask
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.text_projection = nn.Parameter(cfg.width**-0.5 * torch.randn(cfg.width, cfg.embed_dim))  # x @ proj
 

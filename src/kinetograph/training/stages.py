@@ -406,7 +406,6 @@ class FinetuneStage(Stage):
 
     def concat_and_vector(self, model, batch, first, latent_shape, rng):
         """SVD's image conditioning: latent of the noise-augmented first frame, and cond_aug = its sigma."""
-        b = first.shape[0]
         loss = self.cfg.loss
         cond_sigma = rng.log_normal(loss.cond_aug_p_mean, loss.cond_aug_p_std).to(first.device)  # (b,)
         noise = rng.randn(*first.shape[1:]).to(first.device)  # (b, 3, H, W)
