@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,15 @@ def _assign(model: SVD, tensors: Iterator[tuple[str, torch.Tensor]], layout: str
     return model
 
 
+def _read_parallel(
+    src: _Source, wanted: list[tuple[str, str]], dtype: torch.dtype | None, device: str | torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, tensor) for each (our name, file key), read by a few threads: copying from the page
+    cache and faulting in fresh memory is CPU work that one thread does at a third of disk speed."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        yield from zip((n for n, _ in wanted), pool.map(lambda nk: src.get(nk[1], dtype, device), wanted))
+
+
 def _cast(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None) -> torch.Tensor:
     """A tensor of a pickle (a view of its memory-mapped file) into its own memory, cast on the way."""
     dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
@@ -209,13 +219,8 @@ def _load_sgm(path, stack, device, dtype, preset, allow_pickle) -> tuple[SVD, Pr
             got[k] = expected[k]
     check_state_dict(expected, got, f"original SVD layout ({chosen.name})")
 
-    def tensors():
-        for key in src.shapes:
-            name = sgm.sgm_to_ours(key)
-            if name is not None:
-                yield name, src.get(key, dtype, device)
-
-    _assign(model, tensors(), "original")
+    wanted = [(name, key) for key in src.shapes if (name := sgm.sgm_to_ours(key)) is not None]
+    _assign(model, _read_parallel(src, wanted, dtype, device), "original")
     dup_keys = [k for k in src.shapes if sgm.classify(k) == "duplicate"]
     _warn_if_duplicates_differ(model, src, dup_keys)
     return model, chosen

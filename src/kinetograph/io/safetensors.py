@@ -40,8 +40,9 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 class SafetensorsReader:
     """Random access to a safetensors file without a memory map.
 
-    `get` reads one tensor with `readinto` into a fresh tensor: aligned, anonymous memory that the
+    `get` reads one tensor with `preadv` into a fresh tensor: aligned, anonymous memory that the
     kernel cannot evict mid-sampling (a mapped view can be), and no mapped pages kept resident.
+    `get` is thread-safe: loading reads several tensors in parallel.
     """
 
     def __init__(self, path: str | Path):
@@ -87,11 +88,15 @@ class SafetensorsReader:
         """Tensor `key`; floating-point tensors are cast to `dtype` when given."""
         stored, shape, begin, end = self._entries[key]
         out = torch.empty(shape, dtype=stored)
-        self._file.seek(begin)
         if end > begin:
+            # Positional reads (no shared file position), so several threads may read at once.
             view = memoryview(out.view(-1).view(torch.uint8).numpy())
-            if self._file.readinto(view) != end - begin:
-                raise CheckpointError(f"{self.path}: unexpected end of file reading {key}; re-download it")
+            done = 0
+            while done < end - begin:
+                n = os.preadv(self._file.fileno(), [view[done:]], begin + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path}: unexpected end of file reading {key}; re-download it")
+                done += n
         target = dtype if dtype is not None and out.is_floating_point() else stored
         return out.to(device=device, dtype=target)
 
