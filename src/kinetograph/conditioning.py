@@ -179,6 +179,7 @@ def drop_conditioning(
     p_text: float,
     p_both: float,
     generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
 ) -> Cond:
     """Training-time condition dropout per video, so one model learns every branch guidance needs.
 
@@ -186,11 +187,15 @@ def drop_conditioning(
     (p_both); the three events are exclusive (InstructPix2Pix, Brooks et al. 2023, uses 0.05 each).
     A dropped image is the unconditional branch of SVD (zero CLIP embedding and zero image latent);
     a dropped text is an all-False mask. Micro-conditioning is always kept.
+    `u` (b,) uniform draws on [0, 1) decide instead of `generator` (training draws them per sample).
     """
     if min(p_image, p_text, p_both) < 0 or p_image + p_text + p_both > 1:
         raise InputError(f"drop rates must be >= 0 and sum to <= 1, got {p_image}, {p_text}, {p_both}")
     b, t = cond.batch_size, cond.num_frames
-    u = torch.rand(b, generator=generator, device=generator.device if generator is not None else "cpu")
+    if u is None:
+        u = torch.rand(b, generator=generator, device=generator.device if generator is not None else "cpu")
+    if u.shape != (b,):
+        raise ValueError(f"u must have shape ({b},), got {tuple(u.shape)}")
     u = u.to(cond.concat.device)
     drop_image = (u < p_image) | ((u >= p_image + p_text) & (u < p_image + p_text + p_both))  # (b,)
     drop_text = (u >= p_image) & (u < p_image + p_text + p_both)  # (b,)

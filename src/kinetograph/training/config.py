@@ -33,6 +33,10 @@ class ModelConfig:
     lora_rank: int = 0  # finetune: >0 trains low-rank adapters on attention projections only
     lora_alpha: float = 0.0  # LoRA scale is alpha / rank; 0 means alpha = rank (scale 1)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # Add a text branch fed by this encoder ("minilm-l6-v2", a transformers folder, an OpenCLIP
+    # file) to a text-blind init checkpoint; its output starts at zero, so training starts from
+    # exactly the image-only model. "" = the model's own (none for official SVD weights).
+    text_encoder: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,10 @@ class LossConfig:
     weighting: str = "edm"  # "edm": lambda(sigma) = 1/c_out^2 (unit-variance target); "unit": 1
     cond_aug_p_mean: float = -3.0  # finetune: ln(cond sigma) ~ N(-3.0, 0.5^2), as SVD
     cond_aug_p_std: float = 0.5
-    cond_drop_prob: float = 0.1  # finetune: zero image embedding + image latent (the CFG branch)
+    cond_drop_prob: float = 0.1  # drop the image: zero image embedding + image latent (the CFG branch)
+    # Text models only (exclusive events per sample, with cond_drop_prob): drop the caption, or both.
+    text_drop_prob: float = 0.1
+    both_drop_prob: float = 0.05
     kl_weight: float = 1e-6  # stage vae: weight of the KL term
     recon: str = "l1"  # stage vae: "l1" or "mse"
 
@@ -140,7 +147,9 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.optim.grad_accum >= 1 and cfg.optim.lr > 0, "optim.grad_accum must be >= 1 and optim.lr > 0")
     need(cfg.loss.weighting in ("edm", "unit"), f"loss.weighting {cfg.loss.weighting!r}: 'edm' or 'unit'")
     need(cfg.loss.recon in ("l1", "mse"), f"loss.recon {cfg.loss.recon!r}: 'l1' or 'mse'")
-    need(0.0 <= cfg.loss.cond_drop_prob <= 1.0, "loss.cond_drop_prob must be in [0, 1]")
+    drops = (cfg.loss.cond_drop_prob, cfg.loss.text_drop_prob, cfg.loss.both_drop_prob)
+    need(min(drops) >= 0.0 and sum(drops) <= 1.0,
+         "loss.cond_drop_prob, loss.text_drop_prob and loss.both_drop_prob must be >= 0 and sum to <= 1")
     need(0.0 <= cfg.ema.decay < 1.0, "ema.decay must be in [0, 1)")
     need(cfg.run.precision in ("auto", "fp32", "bf16", "fp16"), f"run.precision {cfg.run.precision!r}")
     need(cfg.run.device in ("auto", "cpu", "cuda"), f"run.device {cfg.run.device!r}: 'auto', 'cpu' or 'cuda'")

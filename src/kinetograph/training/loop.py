@@ -34,7 +34,7 @@ from kinetograph.training.distributed import Dist, all_mean, barrier, init_distr
 from kinetograph.training.ema import EMA
 from kinetograph.training.lora import merge_lora
 from kinetograph.training.rng import SampleRNG
-from kinetograph.training.stages import Stage, make_stage
+from kinetograph.training.stages import Stage, add_text_branch, make_stage
 
 
 @dataclass
@@ -168,6 +168,8 @@ def build_model(cfg: TrainConfig, stage: Stage) -> tuple[SVD, str]:
             if cfg.model.preset not in PRESETS:
                 raise InputError(f"model.preset {cfg.model.preset!r}: choose one of {', '.join(PRESETS)}")
             model, preset = SVD(PRESETS[cfg.model.preset].model), cfg.model.preset
+        if cfg.model.text_encoder:
+            model = add_text_branch(model, cfg.model.text_encoder)
         stage.prepare(model)
     return model, preset
 
@@ -308,7 +310,9 @@ def _validate(cfg, stage, model, ema, clips, step, d: Dist, log: _Logger) -> lis
         with swap, torch.no_grad():
             for i, clip in enumerate(clips):
                 frames = clip["video"][None].to(d.device)  # (1, t, 3, H, W)
-                video = stage.sample(model, frames, clip["fps"], clip["motion_bucket"], cfg.run.val_steps, seed=i)
+                video = stage.sample(
+                    model, frames, clip["fps"], clip["motion_bucket"], cfg.run.val_steps, seed=i, prompt=clip["caption"]
+                )
                 path = Path(cfg.run.out_dir) / "validation" / f"step-{step:08d}-{i}.{cfg.run.val_format}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 paths.append(save_video(video, path, fps=max(1.0, clip["fps"])))

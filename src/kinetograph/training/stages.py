@@ -12,7 +12,11 @@
 
 Conditioning in every diffusion stage is SVD's: the CLIP image embedding of the clip's first frame
 is the cross-attention context (dropped to zeros with `cond_drop_prob`, the unconditional branch
-of guidance). Stages image and video feed zeros in the concatenated image-latent channels and
+of guidance). Text-conditioned models (`SVDConfig.text_encoder`) also get the caption, encoded by
+the frozen text encoder the model names; each sample independently loses its image
+(`cond_drop_prob`), its text (`text_drop_prob`) or both (`both_drop_prob`), so one network learns
+every branch of compositional guidance. Stage image of a text model is text-to-image, as SVD's
+stage 1 (Stable Diffusion 2.1): the caption is the only context, the image embedding stays zero. Stages image and video feed zeros in the concatenated image-latent channels and
 keep their conv_in weights at zero, so stage finetune starts exactly from the video model
 (sgm instead widens conv_in with zero weights when it adds the channels).
 
@@ -33,13 +37,14 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from kinetograph.conditioning import Cond
+from kinetograph.conditioning import Cond, drop_conditioning
 from kinetograph.diffusion.denoiser import Denoiser, Network, VScalingEDMcNoise
 from kinetograph.diffusion.samplers import sample_euler
 from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
 from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.layers import AlphaBlender, ResBlock, timestep_embedding
 from kinetograph.models.svd import SVD
+from kinetograph.models.text import TextEncoder, check_text_encoder, load_text_encoder
 from kinetograph.models.unet import VideoTransformerBlock, VideoUNet
 from kinetograph.models.vae import VAE
 from kinetograph.training.config import TrainConfig
@@ -205,6 +210,15 @@ class Stage:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.preset_name = "tiny"  # the model's preset (sampling defaults); set when the model is built
+        self.text: CaptionEncoder | None = None  # text models: the frozen encoder, loaded on first use
+
+    def text_context(self, model: SVD, captions: list[str], device: torch.device):
+        """Encoded captions (tokens, mask, pooled) for a text model; None for text-blind models."""
+        if not model.cfg.text_encoder:
+            return None
+        if self.text is None:
+            self.text = CaptionEncoder.for_model(model)
+        return self.text(captions, device)
 
     @property
     def num_frames(self) -> int:
@@ -252,13 +266,9 @@ class Stage:
         eps = rng.randn(t, vae.cfg.z_channels, video.shape[-2] // f, video.shape[-1] // f)
         x0 = first_stage_latents(vae, frames, rearrange(eps, "b t c h w -> (b t) c h w"), self.cfg.model.first_stage_quant_conv)
         first = video[:, 0]  # (b, 3, H, W)
-        embedding = image_embedding(model, first)  # (b, 1, d)
+        embedding = self.context_embedding(model, first)  # (b, 1, d)
         concat, vector = self.concat_and_vector(model, batch, first, x0.shape[1:], rng)
-        keep = (rng.rand() >= self.cfg.loss.cond_drop_prob).float().to(video.device)  # (b,)
-        if not train:
-            keep = torch.ones_like(keep)
-        embedding = embedding * keep[:, None, None]
-        concat = concat * keep[:, None, None, None]
+        u = rng.rand().to(video.device)  # (b,) decides which conditioning a sample loses
         cond = Cond(
             crossattn=repeat(embedding, "b n d -> (b t) n d", t=t),
             concat=repeat(concat, "b c h w -> (b t) c h w", t=t),
@@ -266,7 +276,20 @@ class Stage:
             num_frames=t,
             image_only_indicator=self.image_only_indicator(b, t, video.device),
         )
+        text = self.text_context(model, list(batch.get("caption", [""] * b)), video.device)
+        if text is not None:
+            cond = cond.with_text(*text)
+        if train:
+            loss = self.cfg.loss
+            if text is None:
+                cond = drop_conditioning(cond, loss.cond_drop_prob, 0.0, 0.0, u=u)
+            else:
+                cond = drop_conditioning(cond, loss.cond_drop_prob, loss.text_drop_prob, loss.both_drop_prob, u=u)
         return Inputs(x0=x0, num_frames=t, cond=cond)
+
+    def context_embedding(self, model: SVD, first: torch.Tensor) -> torch.Tensor:
+        """The cross-attention context: CLIP embedding of the first frame, (b, 1, d)."""
+        return image_embedding(model, first)
 
     def image_only_indicator(self, b: int, t: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(b, t, device=device)
@@ -282,10 +305,13 @@ class Stage:
     # -- validation --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
-        """Generate one clip conditioned on `frames` (1, t, 3, H, W)'s first frame -> (t, H, W, 3) uint8."""
+    def sample(
+        self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int, prompt: str = ""
+    ) -> np.ndarray:
+        """Generate one clip conditioned on `frames` (1, t, 3, H, W)'s first frame (and the prompt,
+        for text models) -> (t, H, W, 3) uint8."""
         device = frames.device
-        batch = {"video": frames, "fps": torch.tensor([fps]), "motion_bucket": torch.tensor([motion])}
+        batch = {"video": frames, "fps": torch.tensor([fps]), "motion_bucket": torch.tensor([motion]), "caption": [prompt]}
         inputs = self.encode(model, batch, SampleRNG(seed, [0], device), train=False)
         sigmas = karras_sigmas(steps).to(device)
         g = torch.Generator(device).manual_seed(seed)
@@ -343,7 +369,7 @@ class VAEStage(Stage):
         return scale
 
     @torch.no_grad()
-    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
+    def sample(self, model: SVD, frames, fps, motion, steps, seed, prompt: str = "") -> np.ndarray:
         """Reconstruction (posterior mode) next to the input, side by side."""
         t = frames.shape[1]
         x = rearrange(frames, "b t c h w -> (b t) c h w")
@@ -371,6 +397,12 @@ class ImageStage(Stage):
 
     def image_only_indicator(self, b: int, t: int, device: torch.device) -> torch.Tensor:
         return torch.ones(b, t, device=device)
+
+    def context_embedding(self, model: SVD, first: torch.Tensor) -> torch.Tensor:
+        # Text models: text-to-image (the caption is the context); else SVD's image embedding.
+        if model.cfg.text_encoder:
+            return first.new_zeros(first.shape[0], 1, model.cfg.unet.context_dim)
+        return image_embedding(model, first)
 
     def concat_and_vector(self, model, batch, first, latent_shape, rng):
         # A still image has no fps or motion: no micro-conditioning (zeros, a constant label_emb).
@@ -418,20 +450,84 @@ class FinetuneStage(Stage):
         return latent, vector
 
     @torch.no_grad()
-    def sample(self, model: SVD, frames: torch.Tensor, fps: float, motion: int, steps: int, seed: int) -> np.ndarray:
+    def sample(self, model: SVD, frames, fps, motion, steps, seed, prompt: str = "") -> np.ndarray:
         """Image-to-video with the pipeline users run (ImageToVideo) on the in-memory model."""
         from kinetograph.pipeline.image_to_video import ImageToVideo  # pipeline imports io; keep it lazy
         from kinetograph.presets import PRESETS
 
         preset = PRESETS.get(self.preset_name, PRESETS["tiny"])
-        pipe = ImageToVideo(model, preset, frames.device)
+        pipe = ImageToVideo(model, preset, frames.device, text_encoder=self.text.encoder if self.text else None)
         first = to_uint8(frames[0, :1])[0]  # (H, W, 3)
         video = pipe(
-            first, height=frames.shape[-2], width=frames.shape[-1], num_frames=frames.shape[1],
+            first, prompt or None, height=frames.shape[-2], width=frames.shape[-1], num_frames=frames.shape[1],
             num_inference_steps=steps, fps=max(1, round(fps)), motion_bucket_id=motion, seed=seed,
             decode_chunk_size=frames.shape[1],
         )
         return video.frames
+
+
+def add_text_branch(model: SVD, encoder_spec: str) -> SVD:
+    """`model` with a text branch for `encoder_spec` (zero-initialised: same outputs as before).
+
+    A model that already has text must name the same encoder; official weights get new
+    `attn_text` / `norm_text` / `text_emb` parameters, every other weight is copied.
+    """
+    encoder = load_text_encoder(encoder_spec)
+    if model.cfg.text_encoder:
+        check_text_encoder(model.cfg.text_encoder, model.cfg.unet.text_dim, encoder)
+        return model
+    cfg = replace(model.cfg, unet=replace(model.cfg.unet, text_dim=encoder.width), text_encoder=encoder.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        new = SVD(cfg)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    assert all(any(k in m for k in ("attn_text", "norm_text", "text_emb")) for m in missing), missing
+    return new
+
+
+class CaptionEncoder:
+    """Captions -> (tokens (b, n, d), mask (b, n), pooled (b, d)) from the model's frozen text encoder.
+
+    Encodings are cached per caption (datasets repeat captions) on the CPU; an empty caption is
+    "no text" (all-False mask, zero pooled vector), the same as a dropped text.
+    """
+
+    def __init__(self, encoder: TextEncoder, max_cached: int = 100_000):
+        self.encoder = encoder
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_cached = max_cached
+
+    @staticmethod
+    def for_model(model: SVD) -> CaptionEncoder:
+        name = model.cfg.text_encoder
+        encoder = load_text_encoder(name)
+        check_text_encoder(name, model.cfg.unet.text_dim, encoder)
+        return CaptionEncoder(encoder)
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        known = dict(self.cache)
+        missing = sorted({c for c in captions if c and c not in known})
+        if missing:
+            emb = self.encoder.encode(missing)
+            for i, c in enumerate(missing):
+                n = int(emb.mask[i].sum())  # real tokens come first (right padding)
+                known[c] = (emb.tokens[i, :n].cpu(), emb.pooled[i].cpu())
+                if len(self.cache) < self.max_cached:
+                    self.cache[c] = known[c]
+        rows = [known[c] if c else None for c in captions]
+        present = [r for r in rows if r is not None]
+        n = max((r[0].shape[0] for r in present), default=1)
+        pooled_width = present[0][1].shape[0] if present else self.encoder.width
+        tokens = torch.zeros(len(captions), n, self.encoder.width)
+        mask = torch.zeros(len(captions), n, dtype=torch.bool)
+        pooled = torch.zeros(len(captions), pooled_width)
+        for i, r in enumerate(rows):
+            if r is not None:
+                k = r[0].shape[0]
+                tokens[i, :k], mask[i, :k], pooled[i] = r[0], True, r[1]
+        return tokens.to(device), mask.to(device), pooled.to(device)
 
 
 STAGE_CLASSES: dict[str, type[Stage]] = {"vae": VAEStage, "image": ImageStage, "video": VideoStage, "finetune": FinetuneStage}
