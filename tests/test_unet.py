@@ -281,3 +281,24 @@ def test_gradient_checkpointing_same_output_and_grads():
     for k in grads_plain:
         assert torch.allclose(grads_plain[k], grads_ckpt[k], atol=1e-6, rtol=1e-5), k
     assert any(g.abs().max() > 0 for g in grads_plain.values())
+
+
+def test_temporal_conv3d_matches_conv3d_values_and_gradients():
+    import torch.nn.functional as F
+
+    from kinetograph.models.layers import TemporalConv3d
+
+    g = torch.Generator().manual_seed(0)
+    for kernel, padding in (((3, 1, 1), (1, 0, 0)), ((1, 1, 1), 0), ((3, 3, 3), 1)):
+        conv = TemporalConv3d(6, 5, kernel, padding=padding)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+            conv.bias.copy_(torch.randn(5, generator=g))
+        x = torch.randn(2, 6, 7, 4, 3, generator=g, requires_grad=True)
+        out = conv(x)
+        ref = F.conv3d(x, conv.weight, conv.bias, padding=conv.padding)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        (gx,) = torch.autograd.grad(out.square().sum(), x)
+        (rx,) = torch.autograd.grad(ref.square().sum(), x)
+        torch.testing.assert_close(gx, rx, atol=1e-4, rtol=1e-4)
+    assert set(TemporalConv3d(2, 2, (3, 1, 1)).state_dict()) == {"weight", "bias"}  # the official layout

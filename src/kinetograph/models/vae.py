@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from kinetograph.errors import InputError
-from kinetograph.models.layers import ResBlock
+from kinetograph.models.layers import ResBlock, TemporalConv3d
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class TimeMixConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int]):
         super().__init__(in_channels, out_channels, 3, padding=1)
-        self.time_mix_conv = nn.Conv3d(
+        self.time_mix_conv = TemporalConv3d(
             out_channels, out_channels, video_kernel_size, padding=[k // 2 for k in video_kernel_size]
         )
 
