@@ -193,3 +193,30 @@ def test_text_model_trains_through_the_stages_and_generates_with_a_prompt(data: 
     a = pipe(photo, "the camera pans left", height=64, width=64, num_frames=2, num_inference_steps=2, seed=0)
     b = pipe(photo, "the camera pans left", height=64, width=64, num_frames=2, num_inference_steps=2, seed=0)
     assert a.frames.shape == (2, 64, 64, 3) and (a.frames == b.frames).all()
+
+
+def test_drop_rates_are_validated(tmp_path):
+    from kinetograph.errors import InputError
+
+    with pytest.raises(InputError, match="sum to <= 1"):
+        text_cfg(tmp_path, tmp_path / "x", "finetune", loss={"cond_drop_prob": 0.5, "text_drop_prob": 0.4,
+                                                            "both_drop_prob": 0.2})
+
+
+def test_text_motion_recipe_holds_out_the_eval_photos_and_names_only_the_move():
+    import json
+
+    from kinetograph.data.build import HELD_OUT_PHOTOS, RECIPES
+    from kinetograph.eval.suite import load_suite
+
+    recipe = RECIPES["text_motion"]
+    suite = load_suite(None)  # the shipped default suite
+    assert set(HELD_OUT_PHOTOS) == {im.id for im in suite.images}
+    assert not set(recipe.photos) & set(HELD_OUT_PHOTOS) and len(recipe.photos) == 10
+    assert json.dumps(recipe.moves) == json.dumps(["pan_left", "pan_right", "zoom_in", "zoom_out"])
+    from kinetograph.data import camera_motion
+    from kinetograph.data.sources import PHOTOS
+
+    small = camera_motion.CameraMotionConfig(height=32, width=32, num_frames=2)
+    clips = list(camera_motion.generate(small, 0, PHOTOS[1:2], 1, ("pan_left",), "the scene"))
+    assert clips and all("the scene" in c.caption for c in clips)
