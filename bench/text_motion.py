@@ -9,7 +9,7 @@ Steps, each skipped when its result already exists (so a rerun only evaluates):
   2. kinetograph train --stage vae      --config configs/text_motion/vae.toml
   3. kinetograph train --stage finetune --config configs/text_motion/finetune.toml
      a random mini_text UNet (MiniLM text tokens) on the clips, captions dropped 15% of the time;
-     then --config configs/text_motion/motion.toml: the same continued at higher noise levels.
+     then configs/text_motion/motion.toml and motion2.toml: the same continued at higher noise.
   4. For 4 photos never seen in training x 8 prompt wordings never seen in training (2 per move)
      x seeds: generate with the prompt, measure the camera motion by optical flow
      (eval.motion.camera_motion), and count how often the measured class is the prompt's.
@@ -59,7 +59,7 @@ def main() -> int:
         if not (ROOT / args.data / "manifest.jsonl").is_file():
             run([exe, "data", "build", "--recipe", "text_motion", "-o", args.data])
         previous = None
-        for step, stage in (("vae", "vae"), ("finetune", "finetune"), ("motion", "finetune")):
+        for step, stage in (("vae", "vae"), ("finetune", "finetune"), ("motion", "finetune"), ("motion2", "finetune")):
             export = ROOT / args.runs / step / "export" / "model.safetensors"
             if not export.is_file():
                 s = time.time()
@@ -68,7 +68,7 @@ def main() -> int:
                      *(["--set", f'model.init="{previous}"'] if previous else [])])
                 timings[step] = round(time.time() - s, 1)
             previous = f"{args.runs}/{step}/export/model.safetensors"
-        checkpoint = ROOT / args.runs / "motion" / "export" / "model.safetensors"
+        checkpoint = ROOT / args.runs / "motion2" / "export" / "model.safetensors"
     else:
         checkpoint = Path(args.checkpoint)
 
