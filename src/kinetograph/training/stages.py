@@ -16,9 +16,9 @@ of guidance). Text-conditioned models (`SVDConfig.text_encoder`) also get the ca
 the frozen text encoder the model names; each sample independently loses its image
 (`cond_drop_prob`), its text (`text_drop_prob`) or both (`both_drop_prob`), so one network learns
 every branch of compositional guidance. Stage image of a text model is text-to-image, as SVD's
-stage 1 (Stable Diffusion 2.1): the caption is the only context, the image embedding stays zero. Stages image and video feed zeros in the concatenated image-latent channels and
-keep their conv_in weights at zero, so stage finetune starts exactly from the video model
-(sgm instead widens conv_in with zero weights when it adds the channels).
+stage 1 (Stable Diffusion 2.1): the caption is the only context, the image embedding stays zero.
+Stages image and video feed zeros in the concatenated image-latent channels and keep their
+conv_in weights at zero, so stage finetune starts exactly from the video model (sgm instead widens conv_in with zero weights when it adds the channels).
 
 Latents: the first stage samples the posterior. Our VAE always applies quant_conv; sgm's first
 stage (the official training latents) does not, so `first_stage_quant_conv = false` encodes with
@@ -279,12 +279,10 @@ class Stage:
         text = self.text_context(model, list(batch.get("caption", [""] * b)), video.device)
         if text is not None:
             cond = cond.with_text(*text)
-        if train:
+        if train:  # text-blind models only ever lose their image
             loss = self.cfg.loss
-            if text is None:
-                cond = drop_conditioning(cond, loss.cond_drop_prob, 0.0, 0.0, u=u)
-            else:
-                cond = drop_conditioning(cond, loss.cond_drop_prob, loss.text_drop_prob, loss.both_drop_prob, u=u)
+            p_text, p_both = (loss.text_drop_prob, loss.both_drop_prob) if text is not None else (0.0, 0.0)
+            cond = drop_conditioning(cond, loss.cond_drop_prob, p_text, p_both, u=u)
         return Inputs(x0=x0, num_frames=t, cond=cond)
 
     def context_embedding(self, model: SVD, first: torch.Tensor) -> torch.Tensor:
@@ -507,8 +505,8 @@ class CaptionEncoder:
 
     @torch.no_grad()
     def __call__(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        known = dict(self.cache)
-        missing = sorted({c for c in captions if c and c not in known})
+        missing = sorted({c for c in captions if c and c not in self.cache})
+        known = {c: self.cache[c] for c in captions if c in self.cache}
         if missing:
             emb = self.encoder.encode(missing)
             for i, c in enumerate(missing):
