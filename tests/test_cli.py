@@ -59,7 +59,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(checkpoint, tmp_path, cap
     out = tmp_path / "x.mp4"
     cases = [
         ["generate", str(tmp_path / "missing.png"), "-c", str(checkpoint), "-o", str(out)],
-        ["generate", str(ASSETS / "chelsea.jpg"), "-c", str(checkpoint), "-o", str(out), "--height", "100"],
+        ["generate", str(ASSETS / "chelsea.jpg"), "-c", str(checkpoint), "-o", str(out), "--height", "101"],
         ["generate", str(ASSETS / "chelsea.jpg"), "-c", str(tmp_path / "nope.safetensors"), "-o", str(out)],
         ["generate", str(ASSETS / "chelsea.jpg"), "-c", str(checkpoint), "-o", str(tmp_path / "x.avi")],
         ["generate", str(ASSETS / "chelsea.jpg"), "-o", str(out)],

@@ -94,8 +94,10 @@ def test_other_samplers_are_wired_and_deterministic(ours, photo, sampler):
 
 
 def test_bad_arguments_are_input_errors(ours, photo):
-    with pytest.raises(InputError, match="multiple of 64"):
-        ours(photo, **{**SETTINGS, "height": 65})
+    m = ours.size_multiple
+    assert m == ours.model.cfg.vae.downsample_factor * 2 ** (len(ours.model.cfg.unet.channel_mult) - 1)
+    with pytest.raises(InputError, match=f"multiple of {m}"):
+        ours(photo, **{**SETTINGS, "height": SETTINGS["height"] + 1})
     with pytest.raises(InputError, match="motion_bucket_id"):
         ours(photo, motion_bucket_id=300, **SETTINGS)
     with pytest.raises(InputError, match="sampler"):

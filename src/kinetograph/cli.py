@@ -108,7 +108,7 @@ def generate(
     from kinetograph.pipeline.preprocess import check_size
 
     if height is not None or width is not None:  # fail before loading gigabytes of weights
-        check_size(height or 64, width or 64)
+        check_size(height or 64, width or 64, multiple=1)  # the model's own multiple is checked once loaded
 
     dev = _device(device)
     t0 = time.perf_counter()

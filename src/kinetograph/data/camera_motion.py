@@ -180,6 +180,11 @@ def caption_for(kind: str, speed_class: str, subject: str, rng: np.random.Genera
     return template.format(s=subject, S=subject[0].upper() + subject[1:], adv=adv, adj=adj)
 
 
+def clip_key_name(photo: str) -> str:
+    """A photo's name as it can appear in a shard key (no dots): "bikes.mp4@12" -> "bikes-f12"."""
+    return photo.replace(".mp4@", "-f").replace(".", "-")
+
+
 def generate(
     cfg: CameraMotionConfig = CameraMotionConfig(),
     seed: int = 0,
@@ -209,7 +214,7 @@ def generate(
                     move = CameraMove(kind, true_speed(move, cfg))
                     name = photo.subjects[rng.integers(len(photo.subjects))]
                     yield CameraClip(
-                        key=f"{photo.name}-{kind}-{speed_class}-{n}",
+                        key=f"{clip_key_name(photo.name)}-{kind}-{speed_class}-{n}",
                         frames=render(image, move, cfg, rng),
                         fps=cfg.fps,
                         caption=caption_for(kind, speed_class, subject or name, rng),

