@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from kinetograph.data import camera_motion
 from kinetograph.eval.motion import MotionClass
 from kinetograph.eval.prompts import expected_motion
 
+MOVE_CLASS = {"static": MotionClass.STATIC, "pan_left": MotionClass.LEFT, "pan_right": MotionClass.RIGHT,
+              "tilt_up": MotionClass.UP, "tilt_down": MotionClass.DOWN, "zoom_in": MotionClass.ZOOM_IN,
+              "zoom_out": MotionClass.ZOOM_OUT}
 L, R, U, D = MotionClass.LEFT, MotionClass.RIGHT, MotionClass.UP, MotionClass.DOWN
 ZI, ZO, S = MotionClass.ZOOM_IN, MotionClass.ZOOM_OUT, MotionClass.STATIC
 
@@ -32,6 +37,10 @@ CASES = [
     ("the camera moves to the left", L),
     ("camera is moving upwards", U),
     ("the camera turns right", R),
+    ("the view sweeps gently left over the city", L),
+    ("the view rises slowly over the forest", U),
+    ("the camera drops down the cliff", D),
+    ("a view of birds rising", None),
     ("a dog runs to the left", None),
     ("turn right at the corner", None),
     ("a woman looks up", None),
@@ -86,3 +95,16 @@ def test_expected_motion(prompt, expected):
 
 def test_case_and_whitespace_insensitive():
     assert expected_motion("THE   CAMERA\nPANS\tLEFT") == L
+
+
+def test_every_training_caption_names_its_move():
+    """The captions our camera clips are trained on parse to the move rendered (every template,
+    every speed word), so evaluating with training wordings measures what the data taught."""
+    rng = np.random.default_rng(0)
+    for kind in camera_motion.MOTIONS:
+        classes = ("static",) if kind == "static" else ("slow", "fast")
+        for speed in classes:
+            captions = {camera_motion.caption_for(kind, speed, "the scene", rng) for _ in range(200)}
+            assert len(captions) >= 4
+            for caption in captions:
+                assert expected_motion(caption) == MOVE_CLASS[kind], caption

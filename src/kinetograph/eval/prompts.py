@@ -5,12 +5,14 @@ Recognised wordings (case-insensitive; see docs/evaluation.md for the table):
   "pan(s/ning/ned) [to the] left", "tilt up", "trucking right", "tracking shot to the left",
   "dolly left", "crane up", "pedestal down", "boom up"; or the direction first: "a slow
   leftward pan", "upward tilt". Generic verbs (move, slide, glide, drift, travel, turn, swing,
-  rotate, shift) count only with "camera" just before them: "the camera slowly drifts right".
+  rotate, shift, sweep) count only with "camera", "view" or "shot" just before them: "the camera
+  slowly drifts right", "the view sweeps left". "The camera/view rises" is up, "... drops" down.
 - zoom in: "zoom(s/ing) in/into", "push(es) in", "dolly in/forward", "camera moves closer /
   forward / towards ...", "camera approaches".
 - zoom out: "zoom(s/ing) out", "pull(s) back/out/away", "dolly out/back", "camera moves back /
   away / backwards", "widen(s) out".
 - static: "static", "still camera", "camera is/stays/remains still/static/fixed/stationary",
+  "camera holds steady/still",
   "locked-off", "on a tripod", "fixed camera", "stationary camera", "no camera motion/movement",
   "camera does not move".
 A match preceded within two words by a negation ("no", "not", "without", "never") is dropped:
@@ -37,10 +39,13 @@ _CAMERA_VERB = (
     r"(?:s|es|ing|ning|ed|ned|ies|ied)?"
 )
 _GENERIC_VERB = (
-    r"(?:mov|slid|glid|drift|travel|turn|swing|swung|rotat|shift)"
+    r"(?:mov|slid|glid|drift|travel|turn|swing|swung|rotat|shift|sweep|swept)"
     r"(?:e|es|ed|ing|s|t|ts|ted|ting|ling|led|els|el)?"
 )
 _FILLER = r"(?:[\w-]+\W+){0,3}?"  # up to three words between verb and direction
+_SUBJECT = r"(?:camera|view|shot)"  # what must come just before a generic verb
+_RISE = r"(?:rises?|rising|rose|climbs?|climbing|climbed)"
+_DROP = r"(?:drops?|dropping|dropped|sinks?|sinking|sank|descends?|descending|descended)"
 
 _ZOOM_IN = [
     r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?in(?:to|wards?)?\b",
@@ -64,6 +69,7 @@ _STATIC = [
     r"\bcamera\W+(?:is|stays|remains|kept|held|being)\W+(?:[\w-]+\W+){0,1}?"
     r"(?:still|static|fixed|stationary|locked|steady|motionless)\b",
     r"\blocked[\s-]*off\b",
+    r"\bcamera\W+(?:holds?|holding|held)\W+(?:[\w-]+\W+){0,1}?(?:steady|still)\b",
     r"\b(?:on\W+a\W+)?tripod\b",
     r"\b(?:fixed|stationary|motionless|locked)\W+camera\b",
     r"\bno\W+camera\W+(?:motion|movement|moves?)\b",
@@ -79,15 +85,25 @@ def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
 _DIRECTION_PATTERNS = _compile(
     [
         rf"\b{_CAMERA_VERB}\W+{_FILLER}(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
-        rf"\bcamera\W+(?:[\w-]+\W+){{0,2}}?{_GENERIC_VERB}\W+{_FILLER}"
+        rf"\b{_SUBJECT}\W+(?:[\w-]+\W+){{0,2}}?{_GENERIC_VERB}\W+{_FILLER}"
         rf"(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
         rf"\b{_DIR}\W+(?:[\w-]+\W+){{0,1}}?{_CAMERA_VERB}\b",
+        rf"\b{_SUBJECT}\W+(?:\w+ly\W+)?(?P<dir>{_RISE}|{_DROP})\b",  # at most an adverb between
     ]
 )
 _ZOOM_IN_PATTERNS = _compile(_ZOOM_IN)
 _ZOOM_OUT_PATTERNS = _compile(_ZOOM_OUT)
 # Static phrases carry their own negation ("no camera motion"), so they are not negation-checked.
 _STATIC_PATTERNS = _compile(_STATIC)
+
+
+def _direction(word: str) -> MotionClass:
+    word = word.lower()
+    if re.fullmatch(_RISE, word):
+        return MotionClass.UP
+    if re.fullmatch(_DROP, word):
+        return MotionClass.DOWN
+    return _DIRECTIONS[word]
 
 
 def _negated(text: str, start: int) -> bool:
@@ -101,7 +117,7 @@ def expected_motion(prompt: str) -> MotionClass | None:
     for pattern in _DIRECTION_PATTERNS:
         for m in pattern.finditer(text):
             if not _negated(text, m.start()):
-                found.add(_DIRECTIONS[m.group("dir").lower()])
+                found.add(_direction(m.group("dir")))
     for patterns, cls in (
         (_ZOOM_IN_PATTERNS, MotionClass.ZOOM_IN),
         (_ZOOM_OUT_PATTERNS, MotionClass.ZOOM_OUT),
