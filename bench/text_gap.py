@@ -83,7 +83,7 @@ def main() -> int:
         print(path)
         for s in SIGMAS:
             c, o, st = (np.mean(res[(s, n)]) for n in ("caption", "opposite", "static"))
-            print(f"  sigma {s:>4}: {c:.4f} / {o:.4f} / {st:.4f}   opposite costs +{(o - c) / c:.0%}")
+            print(f"  sigma {s:>4}: {c:.4f} / {o:.4f} / {st:.4f}   opposite costs {(o - c) / c:+.0%}")
     return 0
 
 
