@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import randomize_
 
 from kinetograph.data.build import build
-from kinetograph.errors import InputError
-from kinetograph.io.checkpoint import save_original
+from kinetograph.errors import CheckpointError, InputError
+from kinetograph.io.checkpoint import convert, load_checkpoint, save_original
 from kinetograph.io.safetensors import load_state_dict
 from kinetograph.models.svd import SVD
 from kinetograph.presets import PRESETS
@@ -157,7 +158,6 @@ def test_image_stage_overfits_and_writes_validation(data: Path, tmp_path: Path):
     batch = collate([ds[0], ds[1]])
     before, _ = build_model(cfg, make_stage(cfg))
     result = train(cfg)
-    from kinetograph.io.checkpoint import load_checkpoint
 
     after = load_checkpoint(result.exports[0]).model
     l0, l1 = _eval_loss(cfg, before, batch), _eval_loss(cfg, after, batch)
@@ -189,14 +189,34 @@ def test_finetune_lora_export_loads_and_generates_in_both_layouts(data: Path, tm
     plain = with_overrides(cfg, model={"lora_rank": 0})
     before, _ = build_model(plain, make_stage(plain))
     frames = []
+    # The export records what the model was trained on as its sampling defaults.
+    rows = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
+    buckets = [r["motion_bucket"] for r in rows if r["kind"] in cfg.data.kinds and r["kind"] != "image"]
+    trained_on = {"height": 64, "width": 64, "num_frames": 2, "fps": round(cfg.data.fps),
+                  "motion_bucket_id": int(np.median(buckets))}
+    assert trained_on != {k: getattr(PRESETS["tiny"].sampling, k) for k in trained_on}
     for path in (original, diffusers):
         pipe = ImageToVideo.from_checkpoint(path)
         assert pipe.preset.name == "tiny"
+        assert {k: getattr(pipe.preset.sampling, k) for k in trained_on} == trained_on
+        assert ImageToVideo.from_checkpoint(path, preset="tiny").preset.sampling == PRESETS["tiny"].sampling
+        to = "diffusers" if path == original else "original"
+        converted = convert(path, tmp_path / ("conv" if to == "diffusers" else "conv.safetensors"), to)
+        assert load_checkpoint(converted).preset.sampling == pipe.preset.sampling
         w = pipe.model.unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight
         assert not torch.equal(w, before.unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight)  # merged
         image = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
-        video = pipe(image, height=64, width=64, num_frames=2, num_inference_steps=2, seed=0)
+        video = pipe(image, num_inference_steps=2, seed=0)  # size and frames from the export
         assert video.frames.shape == (2, 64, 64, 3)
         frames.append(torch.from_numpy(video.frames).float())
     assert (frames[0] - frames[1]).abs().max() <= 1  # the two layouts hold the same model
     assert result.validation and result.validation[0].is_file()
+
+
+def test_unknown_recorded_sampling_default_is_an_error(tmp_path: Path):
+    model = SVD(PRESETS["tiny"].model)
+    with pytest.raises(CheckpointError, match="unknown sampling defaults"):
+        save_original(model, tmp_path / "bad.safetensors", "tiny", sampling={"motion_bucket": 3})
+    path = save_original(model, tmp_path / "ok.safetensors", "tiny", sampling={"motion_bucket_id": 200})
+    assert load_checkpoint(path).preset.sampling.motion_bucket_id == 200
+    assert load_checkpoint(path).preset.sampling.height == PRESETS["tiny"].sampling.height

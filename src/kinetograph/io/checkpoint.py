@@ -7,6 +7,7 @@ so a checkpoint never sits in memory twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,11 +43,13 @@ from kinetograph.io.transformers_clip import (
 )
 from kinetograph.models.svd import SVD
 from kinetograph.models.vae import VAE, VAEConfig
-from kinetograph.presets import PRESETS, Preset, SVDConfig, preset_for_file
+from kinetograph.presets import PRESETS, Preset, SamplingDefaults, SVDConfig, preset_for_file
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIG_KEY = "kinetograph.config"
 PRESET_KEY = "kinetograph.preset"
+# Sampling defaults a training run measured from its data (SamplingDefaults fields), over the preset's.
+SAMPLING_KEY = "kinetograph.sampling"
 EXTRAS_FILE = "kinetograph_extras.safetensors"
 
 
@@ -207,9 +210,13 @@ def _load_sgm(path, stack, device, dtype, preset, allow_pickle) -> tuple[SVD, Pr
     # the official files carry no config, and svd / svd_xt share one architecture.
     cfg = SVDConfig.from_dict(json.loads(src.metadata[CONFIG_KEY])) if CONFIG_KEY in src.metadata else None
     base = PRESETS.get(src.metadata.get(PRESET_KEY, ""), preset_for_file(path.name, temporal))
-    if preset is not None:
+    sampling = base.sampling
+    if preset is not None:  # an explicit preset wins over what the file says
         base = PRESETS[preset]
-    chosen = Preset(base.name, cfg or base.model, base.sampling)
+        sampling = base.sampling
+    elif SAMPLING_KEY in src.metadata:
+        sampling = _sampling(base.sampling, json.loads(src.metadata[SAMPLING_KEY]), path.name)
+    chosen = Preset(base.name, cfg or base.model, sampling)
     model = _build_meta(chosen.model)
     expected = sgm_expected_shapes(chosen.model, model)
     # Extras (the text leftovers, the conditioner's unused 2-D decoder) may be absent: diffusers has none.
@@ -256,7 +263,8 @@ def _load_diffusers(folder: Path, stack, device, dtype, preset, variant) -> tupl
     )
     info = _read_json(folder / "kinetograph.json") if (folder / "kinetograph.json").is_file() else {}
     base = PRESETS.get(preset or info.get("preset", ""), preset_for_file(folder.name, cfg.vae.temporal_decoder))
-    chosen = Preset(base.name, cfg, base.sampling)
+    sampling = base.sampling if preset is not None else _sampling(base.sampling, info.get("sampling", {}), folder.name)
+    chosen = Preset(base.name, cfg, sampling)
     model = _build_meta(cfg)
     parts = [
         ("unet", folder / "unet", "diffusion_pytorch_model", unet_from_diffusers),
@@ -281,12 +289,36 @@ def _load_diffusers(folder: Path, stack, device, dtype, preset, variant) -> tupl
 # Saving and converting.
 
 
+def _sampling(base: SamplingDefaults, overrides: dict, source: str) -> SamplingDefaults:
+    """The preset's sampling defaults with a checkpoint's recorded ones on top."""
+    known = {f.name for f in dataclasses.fields(SamplingDefaults)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown sampling defaults {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def recorded_sampling(preset: Preset) -> dict:
+    """The sampling defaults of a loaded checkpoint that differ from its named preset's (what to keep
+    when converting)."""
+    base = PRESETS[preset.name].sampling if preset.name in PRESETS else SamplingDefaults()
+    return {f.name: getattr(preset.sampling, f.name) for f in dataclasses.fields(SamplingDefaults)
+            if getattr(preset.sampling, f.name) != getattr(base, f.name)}
+
+
 def save_original(
-    model: SVD, path: str | Path, preset: str, extras: dict[str, torch.Tensor] | None = None
+    model: SVD, path: str | Path, preset: str, extras: dict[str, torch.Tensor] | None = None,
+    sampling: dict | None = None,
 ) -> Path:
-    """Write the official single-file layout, plus our config in the safetensors metadata."""
+    """Write the official single-file layout, plus our config in the safetensors metadata.
+
+    `sampling`: SamplingDefaults fields that override the preset's when the file is loaded
+    (a training run records its data's size, frames, fps and median motion bucket)."""
     sd = sgm.to_sgm({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, extras)
     meta = {CONFIG_KEY: json.dumps(model.cfg.to_dict()), PRESET_KEY: preset}
+    if sampling:
+        _sampling(PRESETS[preset].sampling if preset in PRESETS else SamplingDefaults(), sampling, str(path))
+        meta[SAMPLING_KEY] = json.dumps(sampling)
     return save_state_dict(sd, Path(path), metadata=meta)
 
 
@@ -299,7 +331,8 @@ def _atomic_dir(dst: Path):
 
 
 def save_diffusers(
-    model: SVD, folder: str | Path, preset: str, extras: dict[str, torch.Tensor] | None = None
+    model: SVD, folder: str | Path, preset: str, extras: dict[str, torch.Tensor] | None = None,
+    sampling: dict | None = None,
 ) -> Path:
     """Write a diffusers StableVideoDiffusionPipeline folder (loadable by diffusers' from_pretrained)."""
     folder = Path(folder)
@@ -327,7 +360,8 @@ def save_diffusers(
             save_state_dict({k: v.contiguous() for k, v in tensors.items()}, tmp / sub / f"{stem}.safetensors", metadata={"format": "pt"})
             (tmp / sub / "config.json").write_text(json.dumps(config, indent=2))
         _write_pipeline_files(tmp, vae_class)
-        (tmp / "kinetograph.json").write_text(json.dumps({"preset": preset}, indent=2))
+        info = {"preset": preset, **({"sampling": sampling} if sampling else {})}
+        (tmp / "kinetograph.json").write_text(json.dumps(info, indent=2))
         if extras:
             save_state_dict(extras, tmp / EXTRAS_FILE)
         os.replace(tmp, folder)
@@ -415,7 +449,7 @@ def convert(src: str | Path, dst: str | Path, to: str, *, allow_pickle: bool = F
     loaded = load_checkpoint(src, dtype=None, allow_pickle=allow_pickle)
     extras = read_extras(src) if src.suffix.lower() not in PICKLE_SUFFIXES else {}
     if to == "diffusers":
-        return save_diffusers(loaded.model, dst, loaded.preset.name, extras)
+        return save_diffusers(loaded.model, dst, loaded.preset.name, extras, recorded_sampling(loaded.preset))
     if dst.suffix != ".safetensors":
         raise InputError(f"{dst}: the original layout is a single .safetensors file; name the output *.safetensors")
-    return save_original(loaded.model, dst, loaded.preset.name, extras)
+    return save_original(loaded.model, dst, loaded.preset.name, extras, recorded_sampling(loaded.preset))

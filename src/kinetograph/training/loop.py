@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -323,6 +324,24 @@ def _validate(cfg, stage, model, ema, clips, step, d: Dist, log: _Logger) -> lis
     return paths
 
 
+def sampling_defaults(cfg: TrainConfig, stage: Stage) -> dict:
+    """What a video model was trained on, recorded in its export as its sampling defaults: size,
+    frames, fps and the median motion bucket of its clips. Sampling outside the buckets a model
+    has seen asks for motion it never learned. Empty for the vae and image stages."""
+    if stage.name not in ("video", "finetune"):
+        return {}
+    d = cfg.data
+    manifest = Path(d.root) / "manifest.jsonl"
+    buckets = [
+        r["motion_bucket"] for r in (json.loads(line) for line in manifest.read_text().splitlines() if line.strip())
+        if r.get("kind") in d.kinds and r.get("kind") != "image"
+    ] if manifest.is_file() else []
+    out = {"height": d.height, "width": d.width, "num_frames": stage.num_frames, "fps": max(1, round(d.fps))}
+    if buckets:
+        out["motion_bucket_id"] = int(np.median(buckets))
+    return out
+
+
 def _export(cfg: TrainConfig, stage: Stage, model: SVD, ema: EMA | None, out: Path, d: Dist) -> list[Path]:
     """The final model (EMA weights if kept, LoRA merged) in the requested checkpoint layouts."""
     if cfg.run.distributed == "fsdp" and d.enabled:
@@ -345,10 +364,11 @@ def _export(cfg: TrainConfig, stage: Stage, model: SVD, ema: EMA | None, out: Pa
         model.to("cpu")
         export = out / "export"
         export.mkdir(parents=True, exist_ok=True)
+        sampling = sampling_defaults(cfg, stage)
         if "original" in cfg.run.export_layouts:
-            paths.append(save_original(model, export / "model.safetensors", stage.preset_name))
+            paths.append(save_original(model, export / "model.safetensors", stage.preset_name, sampling=sampling))
         if "diffusers" in cfg.run.export_layouts:
             shutil.rmtree(export / "diffusers", ignore_errors=True)
-            paths.append(save_diffusers(model, export / "diffusers", stage.preset_name))
+            paths.append(save_diffusers(model, export / "diffusers", stage.preset_name, sampling=sampling))
     barrier(d)
     return paths
