@@ -61,7 +61,6 @@ def main() -> int:
           "EDM-weighted loss: caption / opposite move's caption / static video")
     for path in args.checkpoints:
         model = load_checkpoint(path, dtype=torch.float32).model.eval()
-        stage.preset_name = ""
         den = Denoiser(unet_network(model.unet), scalings)
         res: dict[tuple[float, str], list[float]] = {}
         with torch.no_grad():

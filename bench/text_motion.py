@@ -99,8 +99,8 @@ def main() -> int:
     pipe = ImageToVideo.from_checkpoint(checkpoint)
     bucket = args.bucket
     if bucket is None:  # the training clips' median: sampling outside their range asks for motion never seen
-        rows = [json.loads(line) for line in (ROOT / args.data / STEPS[-1][2] / "manifest.jsonl").open()]
-        bucket = int(np.median([r["motion_bucket"] for r in rows if r["kind"] == "camera"]))
+        clips = [json.loads(line) for line in (ROOT / args.data / STEPS[-1][2] / "manifest.jsonl").open()]
+        bucket = int(np.median([c["motion_bucket"] for c in clips if c["kind"] == "camera"]))
     rows = []
     s = time.time()
     for photo in HELD_OUT:
