@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CHECKPOINT ?=
 OUT ?= outputs/demo.mp4
+PROMPT ?= the camera pans slowly to the right
 
 .PHONY: setup test demo clean
 
@@ -25,11 +26,8 @@ test: setup
 
 demo: setup
 	@if [ -z "$(CHECKPOINT)" ]; then \
-	  echo "No CHECKPOINT given: running the whole pipeline on a tiny random-weight model (its video is noise)."; \
-	  echo "For a real video: make demo CHECKPOINT=/path/to/svd_xt.safetensors"; \
-	  test -f outputs/tiny-random.safetensors || $(VENV)/bin/kinetograph init outputs/tiny-random.safetensors --preset tiny; \
-	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --prompt "the camera pans left" \
-	    --checkpoint outputs/tiny-random.safetensors --frames 14 -o $(OUT); \
+	  echo "Generating with the bundled default model (kinetograph-mini256, docs/model-card.md)."; \
+	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --prompt "$(PROMPT)" -o $(OUT); \
 	else \
 	  $(VENV)/bin/kinetograph generate assets/chelsea.jpg --checkpoint "$(CHECKPOINT)" -o $(OUT) \
 	    --height 576 --width 1024; \

@@ -99,6 +99,21 @@ def test_convert_both_ways_is_bit_exact(tiny_model, tmp_path):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_convert_to_float16_halves_the_file_and_keeps_the_values(tiny_model, tmp_path):
+    extras = {sgm.OPEN_CLIP + "ln_final.bias": torch.randn(32)}
+    original = save_original(tiny_model, tmp_path / "a.safetensors", "tiny", extras=extras)
+    half = convert(original, tmp_path / "h.safetensors", to="original", dtype="float16")
+    a, h = load_file(original), load_file(half)
+    assert a.keys() == h.keys()
+    assert all(h[k].dtype == torch.float16 for k in h if a[k].is_floating_point())
+    assert all(torch.equal(h[k], a[k].half()) for k in a)  # exactly the rounded values
+    assert half.stat().st_size < 0.55 * original.stat().st_size
+    loaded = load_checkpoint(half, dtype=torch.float32)  # loads like any checkpoint, cast on load
+    assert loaded.preset.name == "tiny"
+    with pytest.raises(InputError, match="--dtype"):
+        convert(original, tmp_path / "x.safetensors", to="original", dtype="float8")
+
+
 def test_convert_keeps_extras_without_counterpart(tiny_model, tmp_path):
     extras = {sgm.OPEN_CLIP + "logit_scale": torch.tensor(4.6), sgm.OPEN_CLIP + "ln_final.bias": torch.randn(32)}
     original = save_original(tiny_model, tmp_path / "a.safetensors", "tiny", extras=extras)

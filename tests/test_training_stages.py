@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import randomize_
 
 from kinetograph.conditioning import micro_conditioning
+from kinetograph.errors import InputError
 from kinetograph.diffusion.denoiser import VScalingEDMcNoise
 from kinetograph.models.unet import VideoUNet
 from kinetograph.presets import PRESETS
@@ -166,3 +168,51 @@ def test_lora_starts_as_identity_trains_only_adapters_and_merges_exactly():
     assert set(unet.state_dict()) == set(VideoUNet(CFG).state_dict())
     with torch.no_grad():
         torch.testing.assert_close(unet(x, ts, ctx, y, 2), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_a_fresh_vae_starts_with_a_narrow_posterior_and_a_loaded_one_is_kept(tmp_path):
+    from kinetograph.io.checkpoint import save_original
+    from kinetograph.models.svd import SVD
+    from kinetograph.training.config import TrainConfig, with_overrides
+    from kinetograph.training.loop import build_model
+    from kinetograph.training.stages import VAE_LOGVAR_INIT, make_stage
+
+    cfg = with_overrides(TrainConfig(stage="vae"), model={"preset": "tiny"})
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    fresh, _ = build_model(cfg, make_stage(cfg))
+    torch.manual_seed(cfg.run.seed)
+    plain = SVD(PRESETS["tiny"].model)  # the same seed without the stage's change
+    _, logvar = fresh.vae.encode_moments(x)
+    _, logvar0 = plain.vae.encode_moments(x)
+    assert torch.allclose(logvar, logvar0 + VAE_LOGVAR_INIT, atol=1e-5)  # shifted by exactly the init
+    path = save_original(fresh, tmp_path / "vae.safetensors", "tiny")
+    from_file = with_overrides(cfg, model={"init": str(path)})
+    loaded, _ = build_model(from_file, make_stage(from_file))
+    assert torch.equal(loaded.vae.quant_conv.bias, fresh.vae.quant_conv.bias)  # not shifted twice
+
+
+def test_vae_augment_crops_one_window_per_clip_and_permutes_channels():
+    from kinetograph.training.config import TrainConfig, with_overrides
+    from kinetograph.training.stages import make_stage
+
+    cfg = with_overrides(TrainConfig(stage="vae"), data={"height": 32, "width": 48, "crop": 16, "color_augment": True})
+    stage = make_stage(cfg)
+    video = torch.rand(4, 3, 3, 32, 48)  # (b, t, 3, H, W)
+    rng = SampleRNG(0, [0, 1, 2, 3])
+    out = stage.augment(video, rng)
+    assert out.shape == (4, 3, 3, 16, 16)
+    for clip, window in zip(video, out):
+        # the window is a crop of the clip, the same in every frame, with some channel order
+        found = [
+            (y, x, order)
+            for y in range(32 - 16 + 1) for x in range(48 - 16 + 1)
+            for order in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+            if torch.equal(clip[:, list(order), y : y + 16, x : x + 16], window)
+        ]
+        assert len(found) == 1
+    assert torch.equal(stage.augment(video, SampleRNG(0, [0, 1, 2, 3])), out)  # a function of (seed, position)
+    # validation and the other stages see whole frames
+    inputs = stage.encode(None, {"video": video}, rng, train=False)
+    assert inputs.x0.shape == (12, 3, 32, 48)
+    with pytest.raises(InputError, match="data.crop"):
+        with_overrides(TrainConfig(stage="finetune"), data={"crop": 16})

@@ -158,9 +158,11 @@ def test_blend_convention_is_checked():
         assert (ours.decode(z, num_frames=3) - theirs.decode(z, num_frames=3).sample).abs().max() > 1e-2
 
 
-def test_image_decoder_vae_matches_diffusers():
-    cfg = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, temporal_decoder=False)
+@pytest.mark.parametrize("groups", [32, 8])
+def test_image_decoder_vae_matches_diffusers(groups):
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, temporal_decoder=False, norm_groups=groups)
     ours, theirs = _pair(cfg, seed=3)
+    assert theirs.config.norm_num_groups == groups  # norm_groups maps to diffusers' norm_num_groups
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
     z = torch.randn(5, 4, 8, 8, generator=g)
@@ -209,6 +211,11 @@ def test_config_maps_refuse_what_diffusers_cannot_express():
         vae_config_from_diffusers({**config, "shift_factor": 0.1})
     with pytest.raises(CheckpointError, match="_class_name"):
         vae_config_from_diffusers({**config, "_class_name": "AutoencoderTiny"})
+    with pytest.raises(CheckpointError, match="GroupNorm groups"):
+        vae_diffusers_config(VAEConfig(norm_groups=8))  # its temporal decoder hard-codes 32
+    assert vae_config_from_diffusers({**config, "norm_num_groups": 8}).norm_groups == 8
+    with pytest.raises(ValueError, match="norm_groups"):
+        VAEConfig(norm_groups=5)
 
 
 # ---- behaviour of our own API ---------------------------------------------------------------

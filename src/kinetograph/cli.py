@@ -70,7 +70,11 @@ def generate(
         ),
     ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", "-c", help="Official .safetensors file or diffusers folder.")
+        Path | None,
+        typer.Option(
+            "--checkpoint", "-c",
+            help="Official .safetensors file or diffusers folder; default: the bundled kinetograph-mini256 model.",
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help=".mp4, .gif, .webp, or a folder for PNG frames.")] = Path(
         "outputs/video.mp4"
@@ -94,11 +98,6 @@ def generate(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/.pt/.bin (weights only).")] = False,
 ) -> None:
     """Generate a video from IMAGE."""
-    if checkpoint is None:
-        raise InputError(
-            "no --checkpoint given and no default model is bundled yet; pass --checkpoint PATH "
-            "(an official svd*.safetensors file or a diffusers folder)"
-        )
     if not image.is_file():
         raise InputError(f"image not found: {image}")
     _check_output(output)
@@ -112,6 +111,10 @@ def generate(
 
     dev = _device(device)
     t0 = time.perf_counter()
+    if checkpoint is None:  # the model bundled with the package (docs/model-card.md)
+        from kinetograph.default_model import default_checkpoint
+
+        checkpoint = default_checkpoint()
     pipe = ImageToVideo.from_checkpoint(
         checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle, text_encoder=text_encoder
     )
@@ -170,11 +173,14 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="Output: a .safetensors file (original) or a folder (diffusers).")],
     to: Annotated[str, typer.Option("--to", help="diffusers or original.")],
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Accept .ckpt/.pt/.bin (weights only).")] = False,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Store floating-point tensors as float32, float16 or bfloat16.")
+    ] = None,
 ) -> None:
     """Convert a checkpoint between the official single-file layout and the diffusers folder layout."""
     from kinetograph.io.checkpoint import convert as run_convert
 
-    path = run_convert(src, dst, to, allow_pickle=allow_pickle)
+    path = run_convert(src, dst, to, allow_pickle=allow_pickle, dtype=dtype)
     typer.echo(f"wrote {path}")
 
 

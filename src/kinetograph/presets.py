@@ -113,6 +113,29 @@ MINI_TEXT_MODEL = SVDConfig(
     text_encoder="minilm-l6-v2",
 )
 
+# The embedded default model (docs/model-card.md): 256x256 video through a VAE with downsampling
+# 16 and 16 latent channels, so the UNet works on 16x16 latents and a 14-frame, 256x256 video takes
+# well under a minute on two CPU cores; about 15M parameters in all, 30 MB in float16.
+MINI256_MODEL = SVDConfig(
+    unet=UNetConfig(
+        in_channels=32,
+        out_channels=16,
+        model_channels=32,
+        channel_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attention_resolutions=(2, 4, 8),
+        num_head_channels=32,
+        context_dim=32,
+        adm_in_channels=3 * 16,
+        text_dim=384,
+    ),
+    # 8 GroupNorm groups (4 channels each at width 32): with SVD's 32, each norm would remove
+    # every channel's mean, and the decoder could not carry an image's colours.
+    vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=16, norm_groups=8),
+    clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
+    text_encoder="minilm-l6-v2",
+)
+
 PRESETS: dict[str, Preset] = {
     "svd": Preset("svd", SVDConfig(), SamplingDefaults()),
     "svd_image_decoder": Preset(
@@ -138,6 +161,12 @@ PRESETS: dict[str, Preset] = {
         MINI_TEXT_MODEL,
         SamplingDefaults(num_frames=8, num_inference_steps=12, fps=8, decode_chunk_size=8, height=64, width=64,
                          min_guidance_scale=1.0, max_guidance_scale=2.0, motion_bucket_id=160),
+    ),
+    "mini256": Preset(
+        "mini256",
+        MINI256_MODEL,
+        SamplingDefaults(num_frames=14, num_inference_steps=20, fps=8, decode_chunk_size=14, height=256, width=256,
+                         min_guidance_scale=1.0, max_guidance_scale=2.0, motion_bucket_id=145),
     ),
 }
 

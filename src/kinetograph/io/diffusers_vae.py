@@ -187,6 +187,11 @@ def vae_diffusers_config(cfg: VAEConfig) -> dict:
                 f"diffusers' AutoencoderKLTemporalDecoder needs num_res_blocks=2 (got {cfg.num_res_blocks}): "
                 "its mid block has layers_per_block resnets where sgm always has two"
             )
+        if cfg.norm_groups != 32:
+            raise CheckpointError(
+                f"diffusers' AutoencoderKLTemporalDecoder has 32 GroupNorm groups, not {cfg.norm_groups}; "
+                "keep this model in the original single-file layout"
+            )
         if cfg.video_kernel_size != (3, 1, 1):
             raise CheckpointError(
                 "diffusers' AutoencoderKLTemporalDecoder has (3, 1, 1) temporal kernels, "
@@ -198,7 +203,7 @@ def vae_diffusers_config(cfg: VAEConfig) -> dict:
         **common,
         "up_block_types": ["UpDecoderBlock2D"] * n,
         "act_fn": "silu",
-        "norm_num_groups": 32,
+        "norm_num_groups": cfg.norm_groups,
         "use_quant_conv": True,
         "use_post_quant_conv": True,
         "mid_block_add_attention": True,
@@ -208,7 +213,6 @@ def vae_diffusers_config(cfg: VAEConfig) -> dict:
 # What our architecture fixes; a diffusers config with other values cannot be represented.
 _FIXED = {
     "act_fn": "silu",
-    "norm_num_groups": 32,
     "use_quant_conv": True,
     "use_post_quant_conv": True,
     "mid_block_add_attention": True,
@@ -255,6 +259,7 @@ def vae_config_from_diffusers(config: dict) -> VAEConfig:
             z_channels=int(config.get("latent_channels", 4)),
             temporal_decoder=temporal,
             scale_factor=float(config.get("scaling_factor", 0.18215)),
+            norm_groups=int(config.get("norm_num_groups", 32)) if not temporal else 32,
         )
     except ValueError as err:
         raise CheckpointError(f"VAE config is not supported: {err}") from err

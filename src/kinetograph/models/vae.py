@@ -39,6 +39,10 @@ class VAEConfig:
     temporal_decoder: bool = True  # False: plain 2-D decoder + post_quant_conv (svd_image_decoder)
     video_kernel_size: tuple[int, int, int] = (3, 1, 1)  # (t, h, w) kernel of the temporal convs
     scale_factor: float = 0.18215  # the UNet sees z * scale_factor; applied by the caller
+    # Groups of the autoencoder's GroupNorms (not of the decoder's temporal ResBlocks, which keep
+    # the UNet's 32). 32 in SVD, where every width is >= 128; at width 32 that is one channel per
+    # group, which removes each channel's mean, and with it the image's colour, at every norm.
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -47,6 +51,8 @@ class VAEConfig:
         widths = [self.ch * m for m in self.ch_mult]
         if not self.ch_mult or any(w <= 0 or w % 32 for w in widths):
             raise ValueError(f"VAE widths {widths} must be positive multiples of 32 (GroupNorm has 32 groups)")
+        if self.norm_groups < 1 or 32 % self.norm_groups:
+            raise ValueError(f"VAE norm_groups {self.norm_groups} must divide 32")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
 
@@ -56,19 +62,19 @@ class VAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     """The autoencoder's GroupNorm (eps 1e-6, unlike the UNet's 1e-5)."""
-    return nn.GroupNorm(32, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """GN-SiLU-conv twice plus a skip (1x1 `nin_shortcut` when the width changes); no time input."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
-        self.norm1 = _group_norm(in_channels)
+        self.norm1 = _group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _group_norm(out_channels)
+        self.norm2 = _group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
@@ -90,8 +96,10 @@ class VideoResnetBlock(ResnetBlock):
     diffusers calls it `switch_spatial_to_temporal_mix`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int]):
-        super().__init__(in_channels, out_channels)
+    def __init__(
+        self, in_channels: int, out_channels: int, video_kernel_size: tuple[int, int, int], groups: int = 32
+    ):
+        super().__init__(in_channels, out_channels, groups=groups)
         # Registered before the children, as in sgm, so state_dict order matches the checkpoint.
         self.mix_factor = nn.Parameter(torch.zeros(1))
         self.time_stack = ResBlock(out_channels, emb_channels=0, dims=3, kernel_size=video_kernel_size)
@@ -110,9 +118,9 @@ class VideoResnetBlock(ResnetBlock):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels; q/k/v/proj_out are 1x1 convs, plus residual."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.norm = _group_norm(channels)
+        self.norm = _group_norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -189,16 +197,16 @@ class Encoder(_Checkpointed):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out))
+                level.block.append(ResnetBlock(block_in, block_out, groups=cfg.norm_groups))
                 block_in = block_out
             if i != len(widths) - 1:
                 level.downsample = Downsample(block_in)
             self.down.append(level)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
-        self.norm_out = _group_norm(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, groups=cfg.norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, cfg.norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, groups=cfg.norm_groups)
+        self.norm_out = _group_norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,14 +236,14 @@ class Decoder(_Checkpointed):
 
         def resblock(c_in: int, c_out: int) -> ResnetBlock:
             if self.temporal:
-                return VideoResnetBlock(c_in, c_out, cfg.video_kernel_size)
-            return ResnetBlock(c_in, c_out)
+                return VideoResnetBlock(c_in, c_out, cfg.video_kernel_size, groups=cfg.norm_groups)
+            return ResnetBlock(c_in, c_out, groups=cfg.norm_groups)
 
         block_in = widths[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = nn.Module()
         self.mid.block_1 = resblock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)  # stays 2-D in the temporal decoder ("conv-only")
+        self.mid.attn_1 = AttnBlock(block_in, cfg.norm_groups)  # stays 2-D in the temporal decoder ("conv-only")
         self.mid.block_2 = resblock(block_in, block_in)
         levels: list[nn.Module] = []
         for i in reversed(range(len(widths))):
@@ -248,7 +256,7 @@ class Decoder(_Checkpointed):
                 level.upsample = Upsample(block_in)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _group_norm(block_in)
+        self.norm_out = _group_norm(block_in, cfg.norm_groups)
         if self.temporal:
             self.conv_out = TimeMixConv2d(block_in, cfg.out_ch, cfg.video_kernel_size)
         else:

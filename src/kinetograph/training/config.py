@@ -49,6 +49,18 @@ class DataConfig:
     kinds: tuple[str, ...] = ("video", "camera", "image")
     batch_size: int = 2  # per process and micro step
     num_workers: int = 0  # DataLoader worker processes
+    # Diffusion stages: keep each clip's posterior (mean, logvar) in memory, keyed by a hash of its
+    # frames, so a clip seen again is not re-encoded (the VAE is frozen there). A fresh latent is
+    # still drawn per step from the cached posterior; the first frame's noise-augmented latent is
+    # always encoded anew. Costs ~2 x z x t x h x w floats per distinct clip.
+    cache_latents: bool = False
+    # Stage vae: train on one random crop x crop window per clip (the same in all its frames), cut
+    # from frames loaded at height x width, so the autoencoder learns at the pixel scale it will
+    # see; 0 = whole frames.
+    crop: int = 0
+    # Stage vae: a random permutation of the RGB channels per clip, so that a small set of scenes
+    # does not teach the autoencoder their colours instead of how to encode colour.
+    color_augment: bool = False
     seed: int = 0  # data order, crops, noise: every random draw is a function of (seed, sample position)
 
 
@@ -129,7 +141,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "los
 # Keys that may change between a run and its resume (they do not change the training trajectory).
 RESUMABLE_CHANGES = {("run", k) for k in ("max_steps", "log_every", "ckpt_every", "keep_last", "val_every", "val_count",
                                           "val_steps", "val_format", "export_layouts", "export_ema", "tensorboard",
-                                          "progress", "threads")} | {("data", "num_workers")}
+                                          "progress", "threads")} | {("data", "num_workers"), ("data", "cache_latents")}
 
 
 def check(cfg: TrainConfig) -> None:
@@ -139,6 +151,12 @@ def check(cfg: TrainConfig) -> None:
             raise InputError(f"config: {msg}")
 
     need(cfg.stage in STAGES, f"stage {cfg.stage!r} must be one of {', '.join(STAGES)}")
+    need(cfg.stage == "vae" or not (cfg.data.crop or cfg.data.color_augment),
+         "data.crop and data.color_augment are for stage vae; remove them")
+    need(0 <= cfg.data.crop <= min(cfg.data.height, cfg.data.width),
+         f"data.crop {cfg.data.crop} must be between 0 (off) and the frame size {cfg.data.height}x{cfg.data.width}")
+    need(not (cfg.data.cache_latents and cfg.stage == "vae"),
+         "data.cache_latents is for diffusion stages (the VAE is frozen there); remove it from stage vae")
     need(cfg.model.train in ("all", "temporal"), f"model.train {cfg.model.train!r} must be 'all' or 'temporal'")
     need(cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0")
     need(cfg.data.batch_size >= 1 and cfg.data.num_frames >= 1, "data.batch_size and data.num_frames must be >= 1")

@@ -28,6 +28,8 @@ encoder -> moments only for official weights. The concat latent is always encode
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -142,15 +144,54 @@ def micro_vectors(fps_id: torch.Tensor, motion: torch.Tensor, cond_aug: torch.Te
 
 
 @torch.no_grad()
+def first_stage_moments(vae: VAE, frames: torch.Tensor, quant_conv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, logvar) of each frame, ((b t), z, h, w) each, as the training latents see it."""
+    if quant_conv:
+        return vae.encode_moments(frames)
+    # sgm AutoencodingEngine: encoder -> DiagonalGaussianRegularizer, no quant_conv
+    mean, logvar = vae.encoder(frames).chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+def posterior_sample(vae: VAE, mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Scaled training latents: mean + std * eps, times the VAE's scale factor."""
+    return (mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)) * vae.cfg.scale_factor
+
+
+@torch.no_grad()
 def first_stage_latents(vae: VAE, frames: torch.Tensor, eps: torch.Tensor, quant_conv: bool) -> torch.Tensor:
     """Training latents ((b t), z, h, w), scaled: a posterior sample of each frame (sgm first stage)."""
-    if quant_conv:
-        mean, logvar = vae.encode_moments(frames)
-    else:  # sgm AutoencodingEngine: encoder -> DiagonalGaussianRegularizer, no quant_conv
-        mean, logvar = vae.encoder(frames).chunk(2, dim=1)
-        logvar = logvar.clamp(-30.0, 20.0)
-    z = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
-    return z * vae.cfg.scale_factor
+    return posterior_sample(vae, *first_stage_moments(vae, frames, quant_conv), eps)
+
+
+class LatentCache:
+    """Posterior moments of clips already encoded, keyed by a hash of the clip's pixels.
+
+    Each clip is encoded on its own (t frames per VAE call), so a latent does not depend on which
+    other clips shared its batch, nor on whether it came from the cache: a resumed run, whose
+    cache starts empty, computes the same numbers.
+    """
+
+    def __init__(self) -> None:
+        self.moments: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, vae: VAE, video: torch.Tensor, quant_conv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, t, 3, H, W) clips -> (mean, logvar), ((b t), z, h, w) each."""
+        means, logvars = [], []
+        for clip in video:  # (t, 3, H, W)
+            key = hashlib.blake2b(clip.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            key += repr(tuple(clip.shape)).encode()
+            if key not in self.moments:
+                self.misses += 1
+                self.moments[key] = first_stage_moments(vae, clip, quant_conv)
+            else:
+                self.hits += 1
+            mean, logvar = self.moments[key]
+            means.append(mean)
+            logvars.append(logvar)
+        return torch.cat(means), torch.cat(logvars)
 
 
 @torch.no_grad()
@@ -211,6 +252,7 @@ class Stage:
         self.cfg = cfg
         self.preset_name = "tiny"  # the model's preset (sampling defaults); set when the model is built
         self.text: CaptionEncoder | None = None  # text models: the frozen encoder, loaded on first use
+        self.latent_cache = LatentCache()  # used when data.cache_latents is set
 
     def text_context(self, model: SVD, captions: list[str], device: torch.device):
         """Encoded captions (tokens, mask, pooled) for a text model; None for text-blind models."""
@@ -264,7 +306,12 @@ class Stage:
         vae = model.vae
         f = vae.cfg.downsample_factor
         eps = rng.randn(t, vae.cfg.z_channels, video.shape[-2] // f, video.shape[-1] // f)
-        x0 = first_stage_latents(vae, frames, rearrange(eps, "b t c h w -> (b t) c h w"), self.cfg.model.first_stage_quant_conv)
+        eps = rearrange(eps, "b t c h w -> (b t) c h w")
+        quant_conv = self.cfg.model.first_stage_quant_conv
+        if self.cfg.data.cache_latents:
+            x0 = posterior_sample(vae, *self.latent_cache(vae, video, quant_conv), eps)
+        else:
+            x0 = first_stage_latents(vae, frames, eps, quant_conv)
         first = video[:, 0]  # (b, 3, H, W)
         embedding = self.context_embedding(model, first)  # (b, 1, d)
         concat, vector = self.concat_and_vector(model, batch, first, x0.shape[1:], rng)
@@ -327,8 +374,22 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return (rearrange(frames, "t c h w -> t h w c") * 255).round().to(torch.uint8).cpu().numpy()
 
 
+_CHANNEL_ORDERS = tuple(itertools.permutations(range(3)))
+
+# Posterior log-variance a VAE trained from scratch starts with (std ~0.02). From a random init it
+# would start near 0 (std 1: the decoder sees mostly noise), and Adam moves a bias by about lr per
+# step, so the reconstruction would wait thousands of steps for the noise to shrink.
+VAE_LOGVAR_INIT = -8.0
+
+
 class VAEStage(Stage):
     name = "vae"
+
+    def prepare(self, model: SVD) -> None:
+        if not self.cfg.model.init:  # a fresh autoencoder; a loaded one keeps its posterior
+            z = model.vae.cfg.z_channels
+            with torch.no_grad():
+                model.vae.quant_conv.bias[z:] += VAE_LOGVAR_INIT
 
     def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
         return {f"vae.{n}": p for n, p in model.vae.named_parameters()}
@@ -340,8 +401,26 @@ class VAEStage(Stage):
         return VAELoss(kl_weight=self.cfg.loss.kl_weight, recon=self.cfg.loss.recon)
 
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
-        video = batch["video"]
+        video = batch["video"]  # (b, t, 3, H, W)
+        if train:
+            video = self.augment(video, rng)
         return Inputs(x0=rearrange(video, "b t c h w -> (b t) c h w"), num_frames=video.shape[1])
+
+    def augment(self, video: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """data.crop: a random window per clip; data.color_augment: a random RGB channel order."""
+        d = self.cfg.data
+        if not (d.crop or d.color_augment):
+            return video
+        clips = []
+        for clip, (uy, ux, up) in zip(video, rng.rand(3).tolist()):  # clip (t, 3, H, W)
+            if d.crop:
+                h, w = clip.shape[-2:]
+                y, x = int(uy * (h - d.crop + 1)), int(ux * (w - d.crop + 1))
+                clip = clip[..., y : y + d.crop, x : x + d.crop]
+            if d.color_augment:
+                clip = clip[:, list(_CHANNEL_ORDERS[int(up * len(_CHANNEL_ORDERS))])]
+            clips.append(clip)
+        return torch.stack(clips)
 
     def loss(self, loss_fn, module, inputs, rng):
         return loss_fn(module, inputs.x0, inputs.num_frames, rng)

@@ -1,0 +1,180 @@
+"""Train, ship and evaluate the bundled default model (docs/model-card.md).
+
+    python bench/default_model.py            # every step; each is skipped when its result exists
+    python bench/default_model.py --eval-only
+
+Steps:
+  1. kinetograph data build --recipe default_model    (1040 camera clips, 256x256 x 14 frames)
+     kinetograph data build --recipe default_model_hq (260 of them: the finetuning set)
+  2. kinetograph train --stage S --config configs/default_model/S.toml for S = vae, image
+     (stage 1), video (stage 2), finetune (stage 3), each from the previous export.
+  3. Ship: the stage-3 export (EMA weights) in float16 -> src/kinetograph/models/assets/, its
+     SHA-256 written into kinetograph/default_model.py.
+  4. kinetograph eval on the held-out photos with the suites default_model_text (prompt wordings
+     no caption used) and default_model_buckets; the flicker of the training clips for
+     comparison. Summary: docs/default_model_report.json (with times and hardware).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KG = [sys.executable, "-m", "kinetograph.cli"]
+RUNS = ROOT / "runs" / "default_model"
+DATA = {"default_model": ROOT / "data" / "default_model", "default_model_hq": ROOT / "data" / "default_model_hq"}
+STAGES = ("vae", "image", "video", "finetune")
+SUITES = ("default_model_text", "default_model_buckets")
+REPORT = ROOT / "docs" / "default_model_report.json"
+
+
+def run(cmd: list[str]) -> float:
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def load_times() -> dict:
+    path = RUNS / "times.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_times(times: dict) -> None:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / "times.json").write_text(json.dumps(times, indent=2) + "\n")
+
+
+def train(times: dict) -> None:
+    for recipe, out in DATA.items():
+        if not (out / "dataset.json").exists():
+            times[f"data:{recipe}"] = round(run(KG + ["data", "build", "--recipe", recipe, "-o", out]), 1)
+            save_times(times)
+    for stage in STAGES:
+        if not (RUNS / stage / "export" / "model.safetensors").exists():
+            cfg = ROOT / "configs" / "default_model" / f"{stage}.toml"
+            times[f"train:{stage}"] = round(run(KG + ["train", "--stage", stage, "--config", cfg]), 1)
+            save_times(times)
+
+
+def ship() -> str:
+    """float16 copy of the stage-3 export into the package; returns its SHA-256."""
+    from kinetograph import default_model
+
+    src = RUNS / "finetune" / "export" / "model.safetensors"
+    with tempfile.TemporaryDirectory(dir=default_model.PATH.parent) as tmp:
+        staged = Path(tmp) / default_model.PATH.name
+        run(KG + ["convert", src, staged, "--to", "original", "--dtype", "float16"])
+        os.replace(staged, default_model.PATH)
+    digest = default_model.sha256(default_model.PATH)
+    module = Path(default_model.__file__)
+    text = re.sub(r'SHA256 = "[0-9a-f]{64}"', f'SHA256 = "{digest}"', module.read_text())
+    module.write_text(text)
+    print(f"shipped {default_model.PATH} ({default_model.PATH.stat().st_size / 1e6:.1f} MB), sha256 {digest}")
+    return digest
+
+
+def evaluate(times: dict) -> dict:
+    from kinetograph import default_model
+
+    results = {}
+    for suite in SUITES:
+        out = RUNS / f"eval_{suite}"
+        suite_file = ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{suite}.json"
+        if not (out / "report.json").exists():
+            times[f"eval:{suite}"] = round(
+                run(KG + ["eval", "--checkpoint", default_model.PATH, "--suite", suite_file, "-o", out]), 1
+            )
+            save_times(times)
+        results[suite] = json.loads((out / "report.json").read_text())
+    return results
+
+
+def training_flicker(n: int = 40) -> dict:
+    """Mean flicker and warping error of the finetuning clips: the steadiness the model saw."""
+    import numpy as np
+
+    from kinetograph.data.datasets import ClipDataset, SampleConfig
+    from kinetograph.eval.evaluate import evaluate_video
+
+    ds = ClipDataset(DATA["default_model_hq"], SampleConfig(num_frames=14, fps=8.0, height=256, width=256, kinds=("camera",)))
+    step = max(1, len(ds) // n)
+    rows = []
+    for i in range(0, len(ds), step):
+        video = ((ds[i]["video"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        m = evaluate_video(video)
+        rows.append((m.flicker_luminance, m.flicker_high_frequency, m.warping_error))
+    a = np.array(rows, dtype=np.float64)
+    return {"clips": len(rows), "flicker_luminance": a[:, 0].mean(), "flicker_high_frequency": a[:, 1].mean(),
+            "warping_error": a[:, 2].mean()}
+
+
+def recorded_seconds() -> dict:
+    """Wall time of each data build (dataset.json) and training stage (first to last logged step)."""
+    out = {}
+    for recipe, folder in DATA.items():
+        out[f"data:{recipe}"] = json.loads((folder / "dataset.json").read_text())["seconds"]
+    for stage in STAGES:
+        rows = [json.loads(line) for line in (RUNS / stage / "metrics.jsonl").read_text().splitlines()]
+        stamps = [r["time"] for r in rows if "time" in r and "loss" in r]
+        out[f"train:{stage}"] = round(stamps[-1] - stamps[0], 1)
+    return out
+
+
+def summarize(results: dict, times: dict, digest: str) -> dict:
+    import torch
+
+    from kinetograph import default_model
+
+    text = results["default_model_text"]
+    buckets = results["default_model_buckets"]
+    return {
+        "model": default_model.NAME,
+        "file": str(default_model.PATH.relative_to(ROOT)),
+        "bytes": default_model.PATH.stat().st_size,
+        "sha256": digest,
+        "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                     "torch": torch.__version__, "device": "cpu"},
+        "seconds": {**times, **recorded_seconds()},
+        "training_seconds": round(sum(recorded_seconds().values()), 1),
+        "text_control": text["summary"]["control"],
+        "text_means": text["summary"]["mean"],
+        "bucket_control": buckets["summary"]["control"],
+        "bucket_means": buckets["summary"]["mean"],
+        "training_clips": training_flicker(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the shipped model only")
+    args = ap.parse_args()
+    times = load_times()
+    if not args.eval_only:
+        train(times)
+        digest = ship()
+        for suite in SUITES:  # a new model invalidates old evaluations
+            old = RUNS / f"eval_{suite}" / "report.json"
+            if old.exists():
+                old.unlink()
+    else:
+        from kinetograph import default_model
+
+        digest = default_model.sha256(default_model.PATH)
+    results = evaluate(times)
+    summary = summarize(results, times, digest)
+    REPORT.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    print(json.dumps({k: summary[k] for k in ("training_seconds", "text_control", "bucket_control")}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
