@@ -55,7 +55,12 @@ def run(argv, capsys):
     return code, err
 
 
-def test_bad_inputs_exit_2_with_one_line_and_no_output(checkpoint, tmp_path, capsys):
+def test_bad_inputs_exit_2_with_one_line_and_no_output(checkpoint, tmp_path, capsys, monkeypatch):
+    from kinetograph import default_model
+
+    # No -c and no default model (whatever a developer has trained into the package).
+    monkeypatch.setattr(default_model, "PATH", tmp_path / "no-default.safetensors")
+    monkeypatch.setattr(default_model, "SHA256", "")
     out = tmp_path / "x.mp4"
     cases = [
         ["generate", str(tmp_path / "missing.png"), "-c", str(checkpoint), "-o", str(out)],

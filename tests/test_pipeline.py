@@ -109,3 +109,21 @@ def test_bad_arguments_are_input_errors(ours, photo):
 def test_prompt_on_text_blind_checkpoint_warns(ours, photo):
     with pytest.warns(UserWarning, match="prompt is ignored"):
         ours(photo, prompt="the camera pans left", **{**SETTINGS, "num_inference_steps": 1})
+
+
+def test_other_latent_widths_and_downsampling_generate(photo):
+    # The default model's shape of network: 16 latent channels, downsampling 4 here (16 there).
+    from dataclasses import replace
+
+    base = PRESETS["tiny"]
+    cfg = replace(base.model, vae=replace(base.model.vae, z_channels=8, ch_mult=(1, 1, 2)),
+                  unet=replace(base.model.unet, in_channels=16, out_channels=8))
+    torch.manual_seed(0)
+    model = SVD(cfg).eval()
+    randomize_(model)
+    pipe = ImageToVideo(model, replace(base, model=cfg))
+    assert pipe.size_multiple == 4 * 2  # VAE factor x UNet levels
+    latents = pipe(photo, height=32, width=48, num_frames=3, num_inference_steps=2, seed=0, output_type="latent")
+    assert tuple(latents.shape) == (1, 3, 8, 8, 12)
+    video = pipe(photo, height=32, width=48, num_frames=3, num_inference_steps=2, seed=0)
+    assert video.frames.shape == (3, 32, 48, 3)

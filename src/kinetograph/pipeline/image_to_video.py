@@ -146,10 +146,10 @@ class ImageToVideo:
         """Generate a video from one image.
 
         Arguments not given take the checkpoint preset's values (the official scripts' settings).
-        `latents` is the initial noise, shape (1, num_frames, 4, height/f, width/f) as in diffusers;
+        `latents` is the initial noise, shape (1, num_frames, z, height/f, width/f) as in diffusers (z = 4);
         otherwise it is drawn from `generator` or `torch.Generator(device).manual_seed(seed)`, in
         diffusers' order (augmentation noise first, then latents). `output_type="latent"` returns
-        the final latents (1, t, 4, h, w) without decoding. `callback(step, total)` reports progress.
+        the final latents (1, t, z, h, w) without decoding. `callback(step, total)` reports progress.
         `text_guidance_scale`: for text-conditioned models the text term of the compositional
         guidance (0 = image only), for official weights with an OpenCLIP text tower the steering
         strength in CLIP space (0 = unchanged); `negative_prompt` is what to steer away from.
@@ -175,9 +175,10 @@ class ImageToVideo:
             warnings.warn(TEXT_BLIND_WARNING, stacklevel=2)
 
         f = self.model.cfg.vae.downsample_factor
-        if latents is not None and tuple(latents.shape[1:]) != (num_frames, 4, height // f, width // f):
+        z = self.model.cfg.vae.z_channels  # 4 for SVD
+        if latents is not None and tuple(latents.shape[1:]) != (num_frames, z, height // f, width // f):
             raise InputError(
-                f"latents have shape {tuple(latents.shape)}; expected (1, {num_frames}, 4, {height // f}, {width // f})"
+                f"latents have shape {tuple(latents.shape)}; expected (1, {num_frames}, {z}, {height // f}, {width // f})"
             )
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(0 if seed is None else seed)
@@ -188,7 +189,7 @@ class ImageToVideo:
         if steer and (prompt or negative_prompt):
             cond = self.steer_condition(cond, prompt or "", negative_prompt or "", text_guidance_scale)
         if latents is None:
-            latents = torch.randn((1, num_frames, 4, height // f, width // f), generator=generator, device=self.device)
+            latents = torch.randn((1, num_frames, z, height // f, width // f), generator=generator, device=self.device)
         sigmas = karras_sigmas(steps).to(self.device)
         x = rearrange(latents.to(self.device, torch.float32), "b t c h w -> (b t) c h w") * init_noise_scale(sigmas)
 

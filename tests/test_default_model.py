@@ -1,0 +1,87 @@
+"""The default-model mechanism: `generate` without --checkpoint uses the file at
+`default_model.PATH`, checked against its recorded SHA-256, and says what to do when there is none.
+
+The shipped model itself is not committed yet (docs/model-card.md); these tests put a tiny
+text model in its place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from kinetograph import default_model
+from kinetograph.cli import main
+from kinetograph.errors import CheckpointError
+from kinetograph.io.checkpoint import save_original
+from kinetograph.io.video import read_video
+from kinetograph.models.svd import SVD
+from kinetograph.presets import PRESETS
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_original(SVD(PRESETS["tiny_text"].model), tmp_path_factory.mktemp("dm") / "model.safetensors", "tiny_text")
+
+
+def test_no_file_and_no_recorded_hash_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(default_model, "PATH", tmp_path / "none.safetensors")
+    monkeypatch.setattr(default_model, "SHA256", "")
+    with pytest.raises(CheckpointError, match=r"--checkpoint PATH.*bench/default_model.py"):
+        default_model.default_checkpoint()
+
+
+def test_recorded_hash_accepts_the_file_and_refuses_a_changed_or_missing_one(
+    tiny_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    copy = tmp_path / "model.safetensors"
+    copy.write_bytes(tiny_file.read_bytes())
+    monkeypatch.setattr(default_model, "PATH", copy)
+    monkeypatch.setattr(default_model, "SHA256", default_model.sha256(tiny_file))
+    assert default_model.default_checkpoint() == copy
+    with open(copy, "r+b") as f:  # flip one bit of the last byte
+        f.seek(-1, 2)
+        last = f.read(1)[0]
+        f.seek(-1, 2)
+        f.write(bytes([last ^ 1]))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        default_model.default_checkpoint()
+    copy.unlink()
+    with pytest.raises(CheckpointError, match="missing from this install"):
+        default_model.default_checkpoint()
+
+
+def test_generate_without_checkpoint_uses_the_default_model(
+    tiny_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    monkeypatch.setattr(default_model, "PATH", tiny_file)
+    monkeypatch.setattr(default_model, "SHA256", default_model.sha256(tiny_file))
+    # A user's photo: grayscale, portrait, an odd size.
+    photo = tmp_path / "portrait.png"
+    Image.fromarray(skdata.camera()[40:441, 100:361]).save(photo)  # (401, 261), mode L
+    out = tmp_path / "v.mp4"
+    code = main(["generate", str(photo), "--prompt", "the camera zooms in", "--steps", "2", "--frames", "3", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"loaded {tiny_file} (tiny_text)" in err
+    frames, _ = read_video(out)
+    assert frames.shape[:3] == (3, 64, 64)  # the model's own default size
+    assert np.ptp(frames.astype(np.int16)) > 0
+
+
+def test_generate_without_checkpoint_or_default_model_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    monkeypatch.setattr(default_model, "PATH", tmp_path / "none.safetensors")
+    monkeypatch.setattr(default_model, "SHA256", "")
+    out = tmp_path / "v.mp4"
+    code = main(["generate", str(Path(__file__).parents[1] / "assets" / "chelsea.jpg"), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: no --checkpoint given")
+    assert not out.exists()
