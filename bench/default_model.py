@@ -1,11 +1,11 @@
-"""Train, ship and evaluate the bundled default model (docs/model-card.md).
+"""Train, ship and evaluate the default model (docs/model-card.md).
 
     python bench/default_model.py            # every step; each is skipped when its result exists
     python bench/default_model.py --eval-only
 
 Steps:
   1. kinetograph data build --recipe default_model    (1040 camera clips, 256x256 x 14 frames)
-     kinetograph data build --recipe default_model_hq (260 of them: the finetuning set)
+     kinetograph data build --recipe default_model_hq (the finetuning set: 260 clips, 20 scenes)
   2. kinetograph train --stage S --config configs/default_model/S.toml for S = vae, image
      (stage 1), video (stage 2), finetune (stage 3), each from the previous export.
   3. Ship: the stage-3 export (EMA weights) in float16 -> src/kinetograph/models/assets/, its
