@@ -54,23 +54,24 @@ def save_times(times: dict) -> None:
     (RUNS / "times.json").write_text(json.dumps(times, indent=2) + "\n")
 
 
-def train(times: dict) -> None:
+def train() -> None:
+    """Data builds and stages not done yet; their times are read back by recorded_seconds."""
     for recipe, out in DATA.items():
         if not (out / "dataset.json").exists():
-            times[f"data:{recipe}"] = round(run(KG + ["data", "build", "--recipe", recipe, "-o", out]), 1)
-            save_times(times)
+            run(KG + ["data", "build", "--recipe", recipe, "-o", out])
     for stage in STAGES:
         if not (RUNS / stage / "export" / "model.safetensors").exists():
-            cfg = ROOT / "configs" / "default_model" / f"{stage}.toml"
-            times[f"train:{stage}"] = round(run(KG + ["train", "--stage", stage, "--config", cfg]), 1)
-            save_times(times)
+            run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{stage}.toml"])
 
 
-def ship() -> str:
-    """float16 copy of the stage-3 export into the package; returns its SHA-256."""
+def ship() -> bool:
+    """float16 copy of the stage-3 export into the package, its SHA-256 recorded; False when the
+    shipped file is already that export's."""
     from kinetograph import default_model
 
     src = RUNS / "finetune" / "export" / "model.safetensors"
+    if default_model.PATH.is_file() and default_model.PATH.stat().st_mtime >= src.stat().st_mtime:
+        return False
     with tempfile.TemporaryDirectory(dir=default_model.PATH.parent) as tmp:
         staged = Path(tmp) / default_model.PATH.name
         run(KG + ["convert", src, staged, "--to", "original", "--dtype", "float16"])
@@ -80,7 +81,7 @@ def ship() -> str:
     text = re.sub(r'SHA256 = "[0-9a-f]*"', f'SHA256 = "{digest}"', module.read_text())
     module.write_text(text)
     print(f"shipped {default_model.PATH} ({default_model.PATH.stat().st_size / 1e6:.1f} MB), sha256 {digest}")
-    return digest
+    return True
 
 
 def evaluate(times: dict) -> dict:
@@ -137,6 +138,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
 
     text = results["default_model_text"]
     buckets = results["default_model_buckets"]
+    seconds = recorded_seconds()
     return {
         "model": default_model.NAME,
         "file": str(default_model.PATH.relative_to(ROOT)),
@@ -144,8 +146,8 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         "sha256": digest,
         "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                      "torch": torch.__version__, "device": "cpu"},
-        "seconds": {**times, **recorded_seconds()},
-        "training_seconds": round(sum(recorded_seconds().values()), 1),
+        "seconds": {**times, **seconds},
+        "training_seconds": round(sum(seconds.values()), 1),
         "text_control": text["summary"]["control"],
         "text_means": text["summary"]["mean"],
         "bucket_control": buckets["summary"]["control"],
@@ -158,18 +160,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-only", action="store_true", help="evaluate the shipped model only")
     args = ap.parse_args()
-    times = load_times()
-    if not args.eval_only:
-        train(times)
-        digest = ship()
-        for suite in SUITES:  # a new model invalidates old evaluations
-            old = RUNS / f"eval_{suite}" / "report.json"
-            if old.exists():
-                old.unlink()
-    else:
-        from kinetograph import default_model
+    from kinetograph import default_model
 
-        digest = default_model.sha256(default_model.PATH)
+    times = load_times()  # of the evaluations; data and training times come from their own logs
+    if not args.eval_only:
+        train()
+        if ship():
+            for suite in SUITES:  # a new model invalidates old evaluations
+                (RUNS / f"eval_{suite}" / "report.json").unlink(missing_ok=True)
+    digest = default_model.sha256(default_model.PATH)
     results = evaluate(times)
     summary = summarize(results, times, digest)
     REPORT.write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -115,7 +115,7 @@ MINI_TEXT_MODEL = SVDConfig(
 
 # The embedded default model (docs/model-card.md): 256x256 video through a VAE with downsampling
 # 16 and 16 latent channels, so the UNet works on 16x16 latents and a 14-frame, 256x256 video takes
-# well under a minute on two CPU cores; about 15M parameters in all, 30 MB in float16.
+# well under a minute on two CPU cores; about 14M parameters in all, 30 MB in float16.
 MINI256_MODEL = SVDConfig(
     unet=UNetConfig(
         in_channels=32,

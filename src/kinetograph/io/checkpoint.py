@@ -298,10 +298,14 @@ def _sampling(base: SamplingDefaults, overrides: dict, source: str) -> SamplingD
     return dataclasses.replace(base, **overrides)
 
 
+def _preset_sampling(name: str) -> SamplingDefaults:
+    return PRESETS[name].sampling if name in PRESETS else SamplingDefaults()
+
+
 def recorded_sampling(preset: Preset) -> dict:
     """The sampling defaults of a loaded checkpoint that differ from its named preset's (what to keep
     when converting)."""
-    base = PRESETS[preset.name].sampling if preset.name in PRESETS else SamplingDefaults()
+    base = _preset_sampling(preset.name)
     return {f.name: getattr(preset.sampling, f.name) for f in dataclasses.fields(SamplingDefaults)
             if getattr(preset.sampling, f.name) != getattr(base, f.name)}
 
@@ -317,7 +321,7 @@ def save_original(
     sd = sgm.to_sgm({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, extras)
     meta = {CONFIG_KEY: json.dumps(model.cfg.to_dict()), PRESET_KEY: preset}
     if sampling:
-        _sampling(PRESETS[preset].sampling if preset in PRESETS else SamplingDefaults(), sampling, str(path))
+        _sampling(_preset_sampling(preset), sampling, str(path))
         meta[SAMPLING_KEY] = json.dumps(sampling)
     return save_state_dict(sd, Path(path), metadata=meta)
 
@@ -462,9 +466,7 @@ def convert(
     extras = read_extras(src) if src.suffix.lower() not in PICKLE_SUFFIXES else {}
     if dtype is not None:
         target = _DTYPES[dtype]
-        for t in list(loaded.model.parameters()) + list(loaded.model.buffers()):
-            if t.is_floating_point():
-                t.data = t.data.to(target)
+        loaded.model.to(target)  # floating-point parameters and buffers only
         extras = {k: v.to(target) if v.is_floating_point() else v for k, v in extras.items()}
     if to == "diffusers":
         return save_diffusers(loaded.model, dst, loaded.preset.name, extras, recorded_sampling(loaded.preset))
