@@ -250,3 +250,18 @@ def test_latent_cache_encodes_each_clip_once_and_keeps_the_run(data: Path, tmp_p
 
     with pytest.raises(InputError, match="cache_latents"):
         tiny_cfg(data, tmp_path / "vae", "vae", data={"cache_latents": True})
+
+
+def test_vae_decoder_only_training_keeps_the_encoder_and_its_latents(data: Path, tmp_path: Path):
+    first = train(tiny_cfg(data, tmp_path / "vae", "vae", run={"max_steps": 2}))
+    init = first.exports[0]
+    cfg = tiny_cfg(data, tmp_path / "dec", "vae", model={"init": str(init), "train": "decoder"}, run={"max_steps": 3})
+    after = train(cfg).exports[0]
+    before_sd, after_sd = load_state_dict(init), load_state_dict(after)
+    enc = [k for k in before_sd if ".encoder." in k or ".quant_conv." in k]
+    dec = [k for k in before_sd if k.startswith("first_stage_model.decoder.")]
+    assert enc and dec
+    assert all(torch.equal(before_sd[k], after_sd[k]) for k in enc)  # same latent space
+    assert sum(not torch.equal(before_sd[k], after_sd[k]) for k in dec) > len(dec) // 2
+    with pytest.raises(InputError, match="decoder"):
+        tiny_cfg(data, tmp_path / "x", "finetune", model={"train": "decoder"})

@@ -216,3 +216,24 @@ def test_vae_augment_crops_one_window_per_clip_and_permutes_channels():
     assert inputs.x0.shape == (12, 3, 32, 48)
     with pytest.raises(InputError, match="data.crop"):
         with_overrides(TrainConfig(stage="finetune"), data={"crop": 16})
+
+
+def test_still_clips_get_a_random_bucket_in_range_and_moving_clips_keep_theirs():
+    from kinetograph.training.config import TrainConfig, with_overrides
+    from kinetograph.training.stages import make_stage
+
+    batch = {"motion_bucket": torch.tensor([0, 150, 0, 0, 0, 0, 0, 0])}
+    plain = make_stage(TrainConfig(stage="finetune"))
+    assert plain.motion_condition(batch, SampleRNG(0, range(8)), torch.device("cpu")).tolist() == batch["motion_bucket"].tolist()
+
+    cfg = with_overrides(TrainConfig(stage="finetune"), loss={"still_bucket_range": [100, 103]})
+    stage = make_stage(cfg)
+    got = stage.motion_condition(batch, SampleRNG(0, range(8)), torch.device("cpu"))
+    assert got[1] == 150  # a moving clip keeps its measured bucket
+    still = got[[0, 2, 3, 4, 5, 6, 7]]
+    assert set(still.tolist()) <= {100.0, 101.0, 102.0, 103.0} and len(set(still.tolist())) > 1
+    # one draw from each sample's own generator: the same positions give the same buckets
+    assert torch.equal(stage.motion_condition(batch, SampleRNG(0, range(8)), torch.device("cpu")), got)
+    with pytest.raises(InputError, match="still_bucket_range"):
+        with_overrides(TrainConfig(stage="finetune"), loss={"still_bucket_range": [200, 100]})
+

@@ -216,6 +216,9 @@ def test_config_maps_refuse_what_diffusers_cannot_express():
     assert vae_config_from_diffusers({**config, "norm_num_groups": 8}).norm_groups == 8
     with pytest.raises(ValueError, match="norm_groups"):
         VAEConfig(norm_groups=5)
+    for temporal in (True, False):
+        with pytest.raises(CheckpointError, match="patch shortcuts"):
+            vae_diffusers_config(VAEConfig(num_res_blocks=2, temporal_decoder=temporal, patch_shortcut=True))
 
 
 # ---- behaviour of our own API ---------------------------------------------------------------
@@ -264,3 +267,76 @@ def test_input_errors():
         vae.decode(torch.zeros(3, 4, 4, 4), num_frames=3, chunk_size=0)
     with pytest.raises(InputError):
         vae.decode(torch.zeros(3, 8, 4, 4), num_frames=3)
+
+
+# ---- patch shortcuts (our small models; not in the official layout) ----------------------------
+
+
+def test_patch_basis_is_orthonormal_dct_times_colour_lowest_frequencies_first():
+    from kinetograph.models.vae import patch_basis
+
+    basis = patch_basis(8, 16).double()  # (z, 3, f, f)
+    flat = basis.flatten(1)
+    assert torch.allclose(flat @ flat.T, torch.eye(16, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(basis[0], torch.full((3, 8, 8), 1 / (3 * 64) ** 0.5, dtype=torch.float64))  # grey mean
+    # every vector is one colour direction times one 2-D frequency: grey ones have equal RGB
+    grey = [bool(torch.allclose(v[0], v[1]) and torch.allclose(v[1], v[2])) for v in basis]
+    assert sum(grey) == 14
+    # the two colour vectors are the opponent pair's means (constant over the patch)
+    colour = [v for v, g in zip(basis, grey) if not g]
+    assert all(torch.allclose(v, v[:, :1, :1].expand_as(v)) for v in colour)
+    # a horizontal ramp is mostly the first horizontal frequency: low frequencies come first
+    ramp = torch.linspace(-1, 1, 8, dtype=torch.float64).expand(3, 8, 8)
+    assert (flat @ ramp.flatten()).abs().argmax() in (1, 2)
+
+
+def test_a_fresh_vae_with_patch_shortcuts_is_the_linear_patch_autoencoder_on_a_real_photo():
+    import numpy as np
+    from skimage import data as skdata
+
+    from kinetograph.eval.fidelity import psnr
+    from kinetograph.models.vae import patch_basis
+    from kinetograph.pipeline.preprocess import image_to_tensor, load_image, resize_and_crop
+
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, z_channels=16, norm_groups=8, patch_shortcut=True)
+    torch.manual_seed(0)
+    vae = VAE(cfg).eval()
+    photo = resize_and_crop(load_image(skdata.chelsea()), 128, 128)
+    x = image_to_tensor(photo)
+    with torch.no_grad():
+        z = vae.encode(x)
+        y = vae.decode(z, num_frames=1)
+    # hand computation: project each 8x8 patch on the basis, and back
+    basis = patch_basis(8, 16).flatten(1)  # (z, 3*8*8)
+    patches = x.unfold(2, 8, 8).unfold(3, 8, 8)  # (1, 3, 16, 16, 8, 8)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(16, 16, -1)  # (h, w, 3*8*8)
+    assert torch.allclose(z[0].permute(1, 2, 0), patches @ basis.T, atol=1e-4)
+    back = (patches @ basis.T @ basis).reshape(16, 16, 3, 8, 8).permute(2, 0, 3, 1, 4).reshape(1, 3, 128, 128)
+    assert torch.allclose(y, back, atol=1e-4)
+    recon = ((y[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert psnr(np.asarray(photo), recon) > 25.0  # the cat, never seen, from the first step
+    # the deep paths start at zero but are trained: their last layers get gradients
+    vae.train()
+    vae.decode(vae.encode(x), num_frames=1).square().mean().backward()
+    assert vae.decoder.conv_out.weight.grad.abs().sum() > 0 and vae.encoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_patch_shortcuts_travel_through_the_original_layout(tmp_path):
+    from dataclasses import replace
+
+    from kinetograph.io.checkpoint import load_checkpoint, save_original
+    from kinetograph.models.svd import SVD
+    from kinetograph.presets import PRESETS
+
+    cfg = PRESETS["tiny"].model
+    cfg = replace(cfg, vae=replace(cfg.vae, patch_shortcut=True))
+    torch.manual_seed(0)
+    model = SVD(cfg).eval()
+    with torch.no_grad():
+        model.vae.encoder.patch_shortcut.weight.mul_(1.5)  # not the init: the file must carry it
+    path = save_original(model, tmp_path / "m.safetensors", "tiny")
+    loaded = load_checkpoint(path).model.eval()
+    assert loaded.cfg.vae.patch_shortcut
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.vae.decode(loaded.vae.encode(x), 2), model.vae.decode(model.vae.encode(x), 2))

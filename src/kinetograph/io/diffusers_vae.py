@@ -169,6 +169,11 @@ def vae_diffusers_config(cfg: VAEConfig) -> dict:
     hold: mid block = first resnet, attention, then `layers_per_block - 1` resnets (sgm always
     has two: num_res_blocks must be 2), and (3, 1, 1) temporal kernels.
     """
+    if cfg.patch_shortcut:
+        raise CheckpointError(
+            "this autoencoder has patch shortcuts, which diffusers' autoencoders lack; "
+            "keep this model in the original single-file layout"
+        )
     n = len(cfg.ch_mult)
     common = {
         "in_channels": cfg.in_channels,

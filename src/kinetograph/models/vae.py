@@ -43,6 +43,15 @@ class VAEConfig:
     # the UNet's 32). 32 in SVD, where every width is >= 128; at width 32 that is one channel per
     # group, which removes each channel's mean, and with it the image's colour, at every norm.
     norm_groups: int = 32
+    # A linear patch path around the encoder and the decoder (not in SVD): `encoder.patch_shortcut`
+    # maps each f x f patch linearly onto the latent mean, `decoder.patch_shortcut` maps the latent
+    # back linearly onto the patch, and the deep paths add to them. A fresh VAE starts as the linear
+    # autoencoder on the orthonormal basis `patch_basis` (its deep paths' last convs at zero), which
+    # already reconstructs photos it never saw at ~28 dB (f 8, z 16), so training only adds what a
+    # linear code misses. Deep autoencoders learn the identity-like map itself slowly: a small one
+    # trained from scratch on two CPU cores was at 16 dB after 600 steps (docs/model-card.md).
+    # The idea is DC-AE's residual autoencoding (Chen et al. 2024), here as one linear map.
+    patch_shortcut: bool = False
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -55,11 +64,39 @@ class VAEConfig:
             raise ValueError(f"VAE norm_groups {self.norm_groups} must divide 32")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
+        f = self.downsample_factor
+        if self.patch_shortcut and not self.z_channels <= self.in_channels * f * f:
+            raise ValueError(f"a patch shortcut needs z_channels <= {self.in_channels * f * f} (channels x f x f)")
 
     @property
     def downsample_factor(self) -> int:
         """Image pixels per latent pixel along each side (8 for SVD)."""
         return 2 ** (len(self.ch_mult) - 1)
+
+
+def patch_basis(f: int, z: int, channels: int = 3) -> torch.Tensor:
+    """(z, channels, f, f): z orthonormal patch vectors, each a 2-D DCT-II frequency (u, v) times
+    a colour direction, the lowest frequencies first (a fixed stand-in for the principal components
+    of natural-image patches; JPEG's choice for the same reason).
+
+    Colour directions (RGB): grey (1, 1, 1)/sqrt(3), then the opponent pair (1, -1, 0)/sqrt(2) and
+    (1, 1, -2)/sqrt(6). A colour component costs 3 more than the grey one of the same frequency, so
+    with f 8 and z 16: the 10 grey frequencies with u + v <= 3, both colours' mean, then 4 grey
+    frequencies with u + v = 4.
+    """
+    k, i = torch.arange(f, dtype=torch.float64)[:, None], torch.arange(f, dtype=torch.float64)[None]
+    dct = torch.cos(torch.pi * (2 * i + 1) * k / (2 * f)) * (2.0 / f) ** 0.5  # rows: frequencies
+    dct[0] /= 2.0**0.5
+    if channels == 3:
+        colours = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]], dtype=torch.float64)
+        colours = colours / colours.norm(dim=1, keepdim=True)
+    else:
+        colours = torch.eye(channels, dtype=torch.float64)
+    ranked = sorted(
+        ((u + v + 3 * (c > 0), c, max(u, v), u, v) for c in range(channels) for u in range(f) for v in range(f))
+    )
+    vectors = [torch.einsum("c,h,w->chw", colours[c], dct[u], dct[v]) for _, c, _, u, v in ranked[:z]]
+    return torch.stack(vectors).float()
 
 
 def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -208,8 +245,18 @@ class Encoder(_Checkpointed):
         self.mid.block_2 = ResnetBlock(block_in, block_in, groups=cfg.norm_groups)
         self.norm_out = _group_norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
+        f = cfg.downsample_factor
+        self.patch_shortcut = (
+            nn.Conv2d(cfg.in_channels, cfg.z_channels, f, stride=f, bias=False) if cfg.patch_shortcut else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moments = self._deep(x)
+        if self.patch_shortcut is not None:  # onto the mean half of the moments
+            moments = moments + F.pad(self.patch_shortcut(x), (0, 0, 0, 0, 0, moments.shape[1] // 2))
+        return moments
+
+    def _deep(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for i, level in enumerate(self.down):
             for block in level.block:
@@ -261,9 +308,19 @@ class Decoder(_Checkpointed):
             self.conv_out = TimeMixConv2d(block_in, cfg.out_ch, cfg.video_kernel_size)
         else:
             self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+        f = cfg.downsample_factor
+        self.patch_shortcut = (
+            nn.ConvTranspose2d(cfg.z_channels, cfg.out_ch, f, stride=f, bias=False) if cfg.patch_shortcut else None
+        )
 
     def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         """`num_frames` = t of the ((b t), ...) input, the temporal window; the 2-D decoder ignores it."""
+        out = self._deep(z, num_frames)
+        if self.patch_shortcut is not None:
+            out = out + self.patch_shortcut(z)
+        return out
+
+    def _deep(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         frames = (num_frames,) if self.temporal else ()
         h = self.conv_in(z)
         h = self._run(self.mid.block_1, h, *frames)
@@ -293,6 +350,28 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
         # The temporal first stage has no post_quant_conv; the 2-D AutoencoderKL does.
         self.post_quant_conv = None if cfg.temporal_decoder else nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+        if cfg.patch_shortcut:
+            self._start_linear()
+
+    @torch.no_grad()
+    def _start_linear(self) -> None:
+        """A fresh VAE with patch shortcuts = the linear autoencoder on `patch_basis`: the deep
+        paths' last convs output zero and the 1x1 convs between them pass the latent through."""
+        if self.quant_conv.weight.is_meta:  # built only to receive a checkpoint's tensors
+            return
+        cfg = self.cfg
+        basis = patch_basis(cfg.downsample_factor, cfg.z_channels, cfg.in_channels)
+        self.encoder.patch_shortcut.weight.copy_(basis)  # (z, 3, f, f): out, in, kh, kw
+        self.decoder.patch_shortcut.weight.copy_(basis)  # (z, 3, f, f): in, out, kh, kw (transposed conv)
+        for conv in (self.encoder.conv_out, self.decoder.conv_out):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        if isinstance(self.decoder.conv_out, TimeMixConv2d):  # its temporal conv keeps random weights
+            nn.init.zeros_(self.decoder.conv_out.time_mix_conv.bias)
+        for conv in (self.quant_conv, self.post_quant_conv):
+            if conv is not None:
+                nn.init.zeros_(conv.bias)
+                conv.weight.copy_(torch.eye(conv.weight.shape[0])[:, :, None, None])
 
     @property
     def gradient_checkpointing(self) -> bool:

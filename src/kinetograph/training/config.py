@@ -29,7 +29,9 @@ class ModelConfig:
     # on those); our own VAE (stage vae) is trained through quant_conv. False for official weights.
     first_stage_quant_conv: bool = True
     gradient_checkpointing: bool = False  # recompute UNet blocks in backward (less memory, ~30% slower)
-    train: str = "all"  # video stage: "all" UNet parameters, or "temporal" layers only
+    # Stage video: "all" UNet parameters, or "temporal" layers only. Stage vae: "all", or "decoder"
+    # only (the encoder, and with it the latent space a trained UNet uses, stays fixed).
+    train: str = "all"
     lora_rank: int = 0  # finetune: >0 trains low-rank adapters on attention projections only
     lora_alpha: float = 0.0  # LoRA scale is alpha / rank; 0 means alpha = rank (scale 1)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -90,6 +92,11 @@ class LossConfig:
     # Text models only (exclusive events per sample, with cond_drop_prob): drop the caption, or both.
     text_drop_prob: float = 0.1
     both_drop_prob: float = 0.05
+    # Clips whose motion bucket is 0 (a still camera) are conditioned on a bucket drawn uniformly
+    # from [lo, hi] instead, so that the caption, not the bucket, says "no motion": a prompt for a
+    # still camera then holds still at any bucket setting. Moving clips keep their measured bucket,
+    # which still sets the amount of motion. () = off (SVD: always the measured bucket).
+    still_bucket_range: tuple[int, ...] = ()
     kl_weight: float = 1e-6  # stage vae: weight of the KL term
     recon: str = "l1"  # stage vae: "l1" or "mse"
 
@@ -157,7 +164,9 @@ def check(cfg: TrainConfig) -> None:
          f"data.crop {cfg.data.crop} must be between 0 (off) and the frame size {cfg.data.height}x{cfg.data.width}")
     need(not (cfg.data.cache_latents and cfg.stage == "vae"),
          "data.cache_latents is for diffusion stages (the VAE is frozen there); remove it from stage vae")
-    need(cfg.model.train in ("all", "temporal"), f"model.train {cfg.model.train!r} must be 'all' or 'temporal'")
+    need(cfg.model.train in ("all", "temporal", "decoder"),
+         f"model.train {cfg.model.train!r} must be 'all', 'temporal' (stage video) or 'decoder' (stage vae)")
+    need(cfg.model.train != "decoder" or cfg.stage == "vae", "model.train 'decoder' is for stage vae only")
     need(cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0")
     need(cfg.data.batch_size >= 1 and cfg.data.num_frames >= 1, "data.batch_size and data.num_frames must be >= 1")
     need(cfg.data.height % 8 == 0 and cfg.data.width % 8 == 0, "data.height and data.width must be multiples of 8")
@@ -165,6 +174,9 @@ def check(cfg: TrainConfig) -> None:
     need(cfg.optim.grad_accum >= 1 and cfg.optim.lr > 0, "optim.grad_accum must be >= 1 and optim.lr > 0")
     need(cfg.loss.weighting in ("edm", "unit"), f"loss.weighting {cfg.loss.weighting!r}: 'edm' or 'unit'")
     need(cfg.loss.recon in ("l1", "mse"), f"loss.recon {cfg.loss.recon!r}: 'l1' or 'mse'")
+    r = cfg.loss.still_bucket_range
+    need(r == () or (len(r) == 2 and 0 <= r[0] <= r[1] <= 255),
+         f"loss.still_bucket_range {list(r)}: [] or [lo, hi] with 0 <= lo <= hi <= 255")
     drops = (cfg.loss.cond_drop_prob, cfg.loss.text_drop_prob, cfg.loss.both_drop_prob)
     need(min(drops) >= 0.0 and sum(drops) <= 1.0,
          "loss.cond_drop_prob, loss.text_drop_prob and loss.both_drop_prob must be >= 0 and sum to <= 1")

@@ -296,7 +296,8 @@ class Stage:
     # -- diffusion stages --------------------------------------------------------------------
 
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
-        """Batch -> clean latents and conditioning. Draw order per sample: latent eps, [cond aug], drop.
+        """Batch -> clean latents and conditioning. Draw order per sample: latent eps, [cond aug],
+        [still bucket], drop.
 
         train=False (validation) never drops the conditioning.
         """
@@ -344,8 +345,19 @@ class Stage:
         b = first.shape[0]
         dim = model.cfg.unet.adm_in_channels // 3
         fps_id = batch["fps"].to(first.device).round() - 1
-        vector = micro_vectors(fps_id, batch["motion_bucket"].to(first.device), torch.zeros(b, device=first.device), dim)
+        vector = micro_vectors(fps_id, self.motion_condition(batch, rng, first.device), torch.zeros(b, device=first.device), dim)
         return first.new_zeros(b, *latent_shape), vector
+
+    def motion_condition(self, batch: dict, rng: SampleRNG, device: torch.device) -> torch.Tensor:
+        """(b,) motion bucket ids to condition on: the clips' own, or with `loss.still_bucket_range`
+        a uniform draw from that range for the clips that do not move (bucket 0)."""
+        motion = batch["motion_bucket"].to(device).float()
+        r = self.cfg.loss.still_bucket_range
+        if not r:
+            return motion
+        lo, hi = r
+        drawn = (lo + rng.rand().to(device) * (hi - lo + 1)).floor().clamp(max=hi)
+        return torch.where(motion == 0, drawn, motion)
 
     # -- validation --------------------------------------------------------------------------
 
@@ -392,7 +404,13 @@ class VAEStage(Stage):
                 model.vae.quant_conv.bias[z:] += VAE_LOGVAR_INIT
 
     def trainable(self, model: SVD) -> dict[str, nn.Parameter]:
-        return {f"vae.{n}": p for n, p in model.vae.named_parameters()}
+        """Every VAE parameter, or with model.train = "decoder" the decoder's alone (as SVD trains
+        its temporal decoder): the latents, and so a UNet trained on them, stay valid."""
+        decoder_only = self.cfg.model.train == "decoder"
+        return {
+            f"vae.{n}": p for n, p in model.vae.named_parameters()
+            if not decoder_only or n.startswith(("decoder.", "post_quant_conv."))
+        }
 
     def module(self, model: SVD) -> nn.Module:
         return Autoencoder(model.vae)
@@ -523,7 +541,7 @@ class FinetuneStage(Stage):
             latent = model.vae.encode(noisy)  # posterior mode, unscaled, with quant_conv (as inference)
         dim = model.cfg.unet.adm_in_channels // 3
         fps_id = batch["fps"].to(first.device).round() - 1
-        vector = micro_vectors(fps_id, batch["motion_bucket"].to(first.device), cond_sigma, dim)
+        vector = micro_vectors(fps_id, self.motion_condition(batch, rng, first.device), cond_sigma, dim)
         return latent, vector
 
     @torch.no_grad()
