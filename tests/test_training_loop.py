@@ -265,3 +265,17 @@ def test_vae_decoder_only_training_keeps_the_encoder_and_its_latents(data: Path,
     assert sum(not torch.equal(before_sd[k], after_sd[k]) for k in dec) > len(dec) // 2
     with pytest.raises(InputError, match="decoder"):
         tiny_cfg(data, tmp_path / "x", "finetune", model={"train": "decoder"})
+
+
+def test_vae_export_can_standardize_each_latent_channel(data: Path, tmp_path: Path):
+    cfg = tiny_cfg(data, tmp_path / "std", "vae", model={"standardize_latent_channels": True}, run={"max_steps": 2})
+    model = load_checkpoint(train(cfg).exports[0]).model.eval()
+    from kinetograph.data.datasets import ClipDataset, SampleConfig
+
+    clips = ClipDataset(data, SampleConfig(num_frames=3, height=32, width=32, kinds=("video", "camera")))
+    x = torch.cat([clips[i]["video"] for i in range(len(clips))])
+    with torch.no_grad():
+        z = model.vae.encode(x)
+    std = z.std(dim=(0, 2, 3))
+    assert std.max() / std.min() < 2.0  # every channel near one std (the export measured 4 batches)
+    assert abs(model.cfg.vae.scale_factor - 1.0) < 0.5  # nothing left for the global factor to do

@@ -15,6 +15,7 @@ from kinetograph.io.diffusers_vae import (
     vae_to_diffusers,
 )
 from kinetograph.models.vae import VAE, VAEConfig
+from conftest import randomize_
 
 COND = "conditioner.embedders.3.encoder."
 FIRST = "first_stage_model."
@@ -340,3 +341,21 @@ def test_patch_shortcuts_travel_through_the_original_layout(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded.vae.decode(loaded.vae.encode(x), 2), model.vae.decode(model.vae.encode(x), 2))
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_rescaling_latent_channels_is_exact(temporal):
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=2, z_channels=4, temporal_decoder=temporal, patch_shortcut=True)
+    torch.manual_seed(0)
+    vae = VAE(cfg).eval()
+    randomize_(vae)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = vae.encode_moments(x)
+        y = vae.decode(mean, num_frames=2)
+        scale = torch.tensor([0.5, 2.0, 3.0, 0.25])
+        vae.rescale_latent_channels(scale)
+        mean2, logvar2 = vae.encode_moments(x)
+        assert torch.allclose(mean2, mean / scale[:, None, None], atol=1e-5)
+        assert torch.allclose(logvar2, logvar - 2 * scale.log()[:, None, None], atol=1e-4)  # same std / scale
+        assert torch.allclose(vae.decode(mean2, num_frames=2), y, atol=1e-4)

@@ -373,6 +373,27 @@ class VAE(nn.Module):
                 nn.init.zeros_(conv.bias)
                 conv.weight.copy_(torch.eye(conv.weight.shape[0])[:, :, None, None])
 
+    @torch.no_grad()
+    def rescale_latent_channels(self, scale: torch.Tensor) -> None:
+        """Divide latent channel k by scale[k] (z,), exactly: the encoder's mean rows and the
+        log-variance bias change, and every layer that reads the latent multiplies its input
+        weights back, so decode(encode(x)) is unchanged. With each channel's std as `scale`, all
+        channels get unit std, as the UNet's single noise level per step assumes; a VAE whose
+        channels differ widely (the DCT channels of a patch shortcut span 25x) otherwise leaves
+        its small channels to noise."""
+        z = self.cfg.z_channels
+        s = scale.to(self.quant_conv.weight)
+        assert s.shape == (z,) and bool((s > 0).all()), s
+        self.quant_conv.weight[:z] /= s[:, None, None, None]
+        self.quant_conv.bias[:z] /= s
+        self.quant_conv.bias[z:] -= 2 * s.log()
+        if self.post_quant_conv is not None:  # the 2-D decoder reads the latent through it alone
+            self.post_quant_conv.weight *= s[None, :, None, None]
+            return
+        self.decoder.conv_in.weight *= s[None, :, None, None]
+        if self.decoder.patch_shortcut is not None:  # ConvTranspose2d: (z, out, f, f)
+            self.decoder.patch_shortcut.weight *= s[:, None, None, None]
+
     @property
     def gradient_checkpointing(self) -> bool:
         """Recompute encoder/decoder blocks in backward to save activation memory (training)."""

@@ -39,6 +39,9 @@ class ModelConfig:
     # file) to a text-blind init checkpoint; its output starts at zero, so training starts from
     # exactly the image-only model. "" = the model's own (none for official SVD weights).
     text_encoder: str = ""
+    # Stage vae, at export: rescale each latent channel to unit std (exact: `VAE.rescale_latent_channels`)
+    # before the global scale factor is measured. For autoencoders whose channels differ widely.
+    standardize_latent_channels: bool = False
 
 
 @dataclass(frozen=True)

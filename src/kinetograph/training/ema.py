@@ -49,6 +49,13 @@ class EMA:
             for k, p in self.params.items():
                 p.copy_(saved[k])
 
+    @torch.no_grad()
+    def absorb(self) -> None:
+        """The EMA weights become the parameters' current values (after an exact edit of the
+        swapped-in EMA weights, such as the autoencoder's latent rescaling)."""
+        for k, p in self.params.items():
+            self.shadow[k].copy_(p.detach().float())
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
 

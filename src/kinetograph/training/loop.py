@@ -145,8 +145,12 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     bar.close()
 
     result.step = step
-    if stage.name == "vae":
-        stage.calibrate(model, batches, d)
+    if stage.name == "vae":  # calibrate the weights that are exported: the EMA's when export writes it
+        exported_ema = ema is not None and cfg.run.export_ema
+        with ema.swapped() if exported_ema else nullcontext():
+            stage.calibrate(model, batches, d)
+            if exported_ema:
+                ema.absorb()
     result.validation += _validate(cfg, stage, model, ema, val_clips, step, d, log)
     result.exports = _export(cfg, stage, model, ema, out, d)
     log.close()

@@ -446,17 +446,24 @@ class VAEStage(Stage):
     @torch.no_grad()
     def calibrate(self, model: SVD, batches: Iterator[dict], d, n_batches: int = 4) -> float:
         """Set the latent scale factor to 1 / std of posterior samples over a few batches (as SD chose
-        0.18215), so the diffusion stages see unit-variance latents; stored in the exported config."""
+        0.18215), so the diffusion stages see unit-variance latents; stored in the exported config.
+        With model.standardize_latent_channels, each channel is first rescaled to unit std."""
         from kinetograph.training.distributed import all_mean
 
         device = next(model.vae.parameters()).device
-        sums = torch.zeros(2, device=device, dtype=torch.float64)
-        for i in range(n_batches):
-            batch = next(batches)
-            x = rearrange(batch["video"].to(device), "b t c h w -> (b t) c h w")
-            z = model.vae.encode(x, sample=True, generator=torch.Generator(device).manual_seed(i))
-            sums += torch.stack([z.double().square().mean(), z.double().mean()])
-        second, first = (all_mean(sums, d) / n_batches).tolist()
+        frames = [rearrange(next(batches)["video"].to(device), "b t c h w -> (b t) c h w") for _ in range(n_batches)]
+
+        def moments() -> torch.Tensor:  # (2, z): per-channel E[z^2] and E[z] of posterior samples
+            sums = torch.zeros(2, model.vae.cfg.z_channels, device=device, dtype=torch.float64)
+            for i, x in enumerate(frames):
+                z = model.vae.encode(x, sample=True, generator=torch.Generator(device).manual_seed(i)).double()
+                sums += torch.stack([z.square().mean(dim=(0, 2, 3)), z.mean(dim=(0, 2, 3))])
+            return all_mean(sums, d) / n_batches
+
+        if self.cfg.model.standardize_latent_channels:
+            second, first = moments()
+            model.vae.rescale_latent_channels((second - first**2).clamp_min(1e-12).sqrt().float())
+        second, first = (m.mean().item() for m in moments())
         scale = float(1.0 / max(second - first**2, 1e-12) ** 0.5)
         vae_cfg = replace(model.cfg.vae, scale_factor=scale)
         model.cfg = replace(model.cfg, vae=vae_cfg)
