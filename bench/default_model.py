@@ -4,6 +4,8 @@
     python bench/default_model.py --eval-only
     python bench/default_model.py --vae runs/default_model/vae/checkpoints/step-*/model.safetensors
                                              # the autoencoder's held-out reconstruction, per file
+    python bench/default_model.py --probe runs/default_model/finetune/checkpoints/step-*/ema.safetensors
+                                             # does the stage-3 UNet carry an unseen photo over? (~1 min each)
 
 Steps:
   1. kinetograph data build --recipe default_model    (1716 camera clips, 256x256 x 14 frames)
@@ -164,6 +166,66 @@ def heldout_reconstruction(path: Path) -> dict:
     return out
 
 
+def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
+    """A one-minute read of whether a stage-3 UNet generalises, long before it makes good videos.
+
+    The denoiser's error at noise levels 2 and 8, relative to the latents' variance, on:
+    - `unseen`: each held-out photo as a clip that does not move ("A still shot of the scene.",
+      the default bucket 145, as still clips are trained). Copying the conditioning frame's
+      latent is almost exact here (`copy`), so a model that carries the frame over scores near
+      0; one that recalls training scenes does not.
+    - `training`: one batch of training clips (own captions); recall works there.
+    `weights`: a training checkpoint's ema/model tensors (`unet.*`) or an exported model file;
+    `config`: the stage-3 config whose `model.init` they fit."""
+    import torch
+
+    from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
+    from kinetograph.io.checkpoint import load_checkpoint
+    from kinetograph.io.safetensors import load_state_dict
+    from kinetograph.pipeline.preprocess import image_to_tensor, load_image, resize_and_crop
+    from kinetograph.training import config as config_io
+    from kinetograph.training.data import make_loader
+    from kinetograph.training.loop import build_model
+    from kinetograph.training.rng import SampleRNG
+    from kinetograph.training.stages import make_stage, unet_network
+    from skimage import data as skdata
+
+    cfg = config_io.load_config(config)
+    cfg = config_io.with_overrides(cfg, data={"crop": 0, "color_augment": False, "height": size, "width": size,
+                                              "cache_latents": False})
+    stage = make_stage(cfg)
+    model, stage.preset_name = build_model(cfg, stage)
+    tensors = load_state_dict(weights)
+    if not any(k.startswith("unet.") for k in tensors):  # an exported model file
+        tensors = {f"unet.{k}": v for k, v in load_checkpoint(weights).model.unet.state_dict().items()}
+    model.load_state_dict({k: v for k, v in tensors.items() if k.startswith("unet.")}, strict=False)
+    model.eval()
+    t = cfg.data.num_frames
+    batch = next(iter(make_loader(cfg, t, 0, 1, 0)))
+    photos = torch.stack([image_to_tensor(resize_and_crop(load_image(getattr(skdata, n)()), size, size))[0]
+                          for n in HELD_OUT])
+    still = {"video": photos[:, None].expand(-1, t, -1, -1, -1).clone(), "fps": torch.full((len(HELD_OUT),), cfg.data.fps),
+             "motion_bucket": torch.full((len(HELD_OUT),), 145.0), "caption": ["A still shot of the scene."] * len(HELD_OUT)}
+    den = Denoiser(unet_network(model.unet), VScalingEDMcNoise())
+    out = {}
+    with torch.no_grad(), stage.forward_context(model.unet):
+        for name, b in (("unseen", still), ("training", batch)):
+            n = len(b["fps"])
+            inputs = stage.encode(model, b, SampleRNG(0, list(range(n)), torch.device("cpu")), train=False)
+            x0, var = inputs.x0, inputs.x0.var()
+            row = {}
+            if name == "unseen":
+                copy = inputs.cond.concat * model.vae.cfg.scale_factor
+                row["copy"] = round(float((copy - x0).square().mean() / var), 4)
+            g = torch.Generator().manual_seed(0)
+            for sigma in (2.0, 8.0):
+                noise = torch.randn(x0.shape, generator=g)
+                d = den(x0 + sigma * noise, torch.full((x0.shape[0],), sigma), inputs.cond)
+                row[f"sigma_{sigma:g}"] = round(float((d - x0).square().mean() / var), 4)
+            out[name] = row
+    return out
+
+
 def recorded_seconds() -> dict:
     """Wall time of each data build (dataset.json) and training stage (first to last logged step)."""
     out = {}
@@ -207,7 +269,15 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="evaluate the shipped model only")
     ap.add_argument("--vae", nargs="+", type=Path, metavar="FILE",
                     help="only print the held-out reconstruction of these models' or checkpoints' autoencoders")
+    ap.add_argument("--probe", nargs="+", type=Path, metavar="FILE",
+                    help="only print conditioning_probe of these stage-3 checkpoints' UNets")
+    ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
+    ap.add_argument("--probe-size", type=int, default=128, help="frame size of the probe (default 128)")
     args = ap.parse_args()
+    if args.probe:
+        for path in args.probe:
+            print(path, json.dumps(conditioning_probe(path, args.probe_config, args.probe_size)), flush=True)
+        return
     if args.vae:
         for path in args.vae:
             print(path, json.dumps(heldout_reconstruction(path)), flush=True)

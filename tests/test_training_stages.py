@@ -214,8 +214,37 @@ def test_vae_augment_crops_one_window_per_clip_and_permutes_channels():
     # validation and the other stages see whole frames
     inputs = stage.encode(None, {"video": video}, rng, train=False)
     assert inputs.x0.shape == (12, 3, 32, 48)
-    with pytest.raises(InputError, match="data.crop"):
-        with_overrides(TrainConfig(stage="finetune"), data={"crop": 16})
+    with pytest.raises(InputError, match="data.crop"):  # every crop a new clip: the cache would only grow
+        with_overrides(TrainConfig(stage="finetune"), data={"crop": 16, "cache_latents": True})
+
+
+def test_a_diffusion_stage_trains_on_the_augmented_window_and_conditions_on_its_first_frame():
+    """data.crop / data.color_augment in stage finetune: the latents are the window's, and the
+    conditioning frame (concat latent and CLIP context) is the window's first frame, not the clip's."""
+    from kinetograph.models.svd import SVD
+    from kinetograph.training.config import TrainConfig, with_overrides
+    from kinetograph.training.stages import image_embedding, make_stage
+
+    cfg = with_overrides(
+        TrainConfig(stage="finetune"),
+        data={"height": 32, "width": 48, "crop": 16, "color_augment": True},
+        loss={"cond_drop_prob": 0.0, "cond_aug_p_mean": -30.0},
+    )
+    stage = make_stage(cfg)
+    torch.manual_seed(0)
+    model = SVD(PRESETS["tiny"].model).eval()
+    randomize_(model)
+    video = torch.rand(2, 3, 3, 32, 48) * 2 - 1
+    batch = {"video": video, "fps": torch.tensor([7.0, 7.0]), "motion_bucket": torch.tensor([100, 120])}
+    window = stage.augment(video, SampleRNG(0, [0, 1]))  # the first draws of the same generators
+    with torch.no_grad():
+        inputs = stage.encode(model, batch, SampleRNG(0, [0, 1]))
+        f = model.vae.cfg.downsample_factor
+        assert inputs.x0.shape == (6, model.vae.cfg.z_channels, 16 // f, 16 // f)
+        first = model.vae.encode(window[:, 0])  # cond aug sigma ~ e^-30: the clean first frame
+        assert torch.allclose(inputs.cond.concat[::3], first, atol=1e-5)
+        assert torch.allclose(inputs.cond.crossattn[::3], image_embedding(model, window[:, 0]), atol=1e-5)
+        assert not torch.allclose(window[:, 0], video[:, 0, :, :16, :16])  # a real crop/permutation happened
 
 
 def test_still_clips_get_a_random_bucket_in_range_and_moving_clips_keep_theirs():

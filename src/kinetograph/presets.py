@@ -113,16 +113,15 @@ MINI_TEXT_MODEL = SVDConfig(
     text_encoder="minilm-l6-v2",
 )
 
-# The embedded default model (docs/model-card.md): 256x256 video through a VAE with downsampling 8
-# and 16 latent channels (12x fewer numbers than pixels) and patch shortcuts, so that it starts as a
-# linear autoencoder that already keeps unseen photos at ~28 dB and training refines it (v0's
-# autoencoder, downsampling 16 and no shortcut, reached 15.7 dB in 800 CPU steps). The UNet works
-# on 32x32 latents; a 14-frame 256x256 video takes ~30 s on two CPU cores. ~14M parameters, ~30 MB
-# in float16.
+# The embedded default model (docs/model-card.md): 256x256 video through a VAE with downsampling 8,
+# 6 latent channels and smooth patch shortcuts, so that it starts as a linear autoencoder (grey
+# sampled every 4 pixels, colour every 8, bilinear back: ~25 dB on unseen photos) whose latents
+# follow a camera move smoothly, and training refines the decoder. The UNet works on 32x32
+# latents; a 14-frame 256x256 video takes ~30 s on two CPU cores.
 MINI256_MODEL = SVDConfig(
     unet=UNetConfig(
-        in_channels=32,
-        out_channels=16,
+        in_channels=12,
+        out_channels=6,
         model_channels=32,
         channel_mult=(1, 2, 2, 4),
         num_res_blocks=1,
@@ -133,8 +132,14 @@ MINI256_MODEL = SVDConfig(
         text_dim=384,
     ),
     # 8 GroupNorm groups (4 channels each at width 32): with SVD's 32, each norm would remove
-    # every channel's mean, and the decoder could not carry an image's colours.
-    vae=VAEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, z_channels=16, norm_groups=8, patch_shortcut=True),
+    # every channel's mean, and the decoder could not carry an image's colours. Six shift-smooth
+    # latent channels (VAEConfig.patch_shortcut_basis): with v1's 16 DCT patch channels, a
+    # one-pixel camera move changed most channels by more than their own spread, so the frames
+    # after the first could not be predicted from it (docs/model-card.md).
+    vae=VAEConfig(
+        ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, z_channels=6, norm_groups=8,
+        patch_shortcut=True, patch_shortcut_basis="smooth",
+    ),
     clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
     text_encoder="minilm-l6-v2",
 )

@@ -52,6 +52,13 @@ class VAEConfig:
     # trained from scratch on two CPU cores was at 16 dB after 600 steps (docs/model-card.md).
     # The idea is DC-AE's residual autoencoding (Chen et al. 2024), here as one linear map.
     patch_shortcut: bool = False
+    # The shortcut's basis. "dct": non-overlapping f x f patches on `patch_basis` (~28 dB linear,
+    # but most of its channels are high frequencies that change completely under a one-pixel
+    # shift, so a video UNet cannot predict them from the first frame). "smooth": z_channels = 6
+    # shift-smooth channels, `smooth_filters`: grey sampled every f/2 pixels (4 channels per
+    # latent pixel) and the two opponent colours every f, each through a tent filter of twice
+    # its spacing (2f x 2f kernels, stride f), decoded by bilinear interpolation (~26 dB linear).
+    patch_shortcut_basis: str = "dct"
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -67,6 +74,18 @@ class VAEConfig:
         f = self.downsample_factor
         if self.patch_shortcut and not self.z_channels <= self.in_channels * f * f:
             raise ValueError(f"a patch shortcut needs z_channels <= {self.in_channels * f * f} (channels x f x f)")
+        if self.patch_shortcut_basis not in ("dct", "smooth"):
+            raise ValueError(f"patch_shortcut_basis {self.patch_shortcut_basis!r}: choose dct or smooth")
+        if self.patch_shortcut and self.patch_shortcut_basis == "smooth" and (
+            self.z_channels != 6 or self.in_channels != 3 or self.out_ch != 3 or f < 4
+        ):
+            raise ValueError("the smooth patch shortcut needs RGB in and out, z_channels = 6 and downsampling >= 4")
+
+    @property
+    def shortcut_kernel(self) -> tuple[int, int]:
+        """(kernel, padding) of the patch shortcut convs: (f, 0) for dct, (2f, f/2) for smooth."""
+        f = self.downsample_factor
+        return (2 * f, f // 2) if self.patch_shortcut_basis == "smooth" else (f, 0)
 
     @property
     def downsample_factor(self) -> int:
@@ -97,6 +116,27 @@ def patch_basis(f: int, z: int, channels: int = 3) -> torch.Tensor:
     )
     vectors = [torch.einsum("c,h,w->chw", colours[c], dct[u], dct[v]) for _, c, _, u, v in ranked[:z]]
     return torch.stack(vectors).float()
+
+
+def smooth_filters(f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder, decoder) weights of the smooth patch shortcut, (6, 3, 2f, 2f) each, for convs of
+    kernel 2f, stride f, padding f/2 (window pixel p lies at p - f/2 from its patch's corner).
+
+    Channels: grey at the four sub-patch centres (every f/2 pixels), then the opponent colours at
+    the patch centre (every f); colour directions as `patch_basis`. The encoder averages through a
+    tent of half-width = spacing (weights sum to 1: an anti-aliased sample, which a shift of a few
+    pixels changes smoothly); the decoder spreads each sample with the same tent unnormalised,
+    which is bilinear interpolation between neighbouring samples."""
+    x = torch.arange(2 * f, dtype=torch.float64) - f // 2 + 0.5  # window pixel centres, patch coords
+    tent = lambda centre, spacing: (1 - (x - centre).abs() / spacing).clamp(min=0)
+    colours = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]], dtype=torch.float64)
+    colours = colours / colours.norm(dim=1, keepdim=True)
+    h = f / 2
+    grey = [(tent(a * h + h / 2, h), tent(b * h + h / 2, h)) for a in (0, 1) for b in (0, 1)]
+    units = [(colours[0], *t, h) for t in grey] + [(colours[c], tent(f / 2, f), tent(f / 2, f), f) for c in (1, 2)]
+    dec = torch.stack([torch.einsum("c,h,w->chw", col, ty, tx) for col, ty, tx, _ in units])
+    enc = torch.stack([w / (ty.sum() * tx.sum()) for w, (_, ty, tx, _) in zip(dec, units)])
+    return enc.float(), dec.float()
 
 
 def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -246,8 +286,11 @@ class Encoder(_Checkpointed):
         self.norm_out = _group_norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
         f = cfg.downsample_factor
+        k, pad = cfg.shortcut_kernel
         self.patch_shortcut = (
-            nn.Conv2d(cfg.in_channels, cfg.z_channels, f, stride=f, bias=False) if cfg.patch_shortcut else None
+            nn.Conv2d(cfg.in_channels, cfg.z_channels, k, stride=f, padding=pad, padding_mode="replicate", bias=False)
+            if cfg.patch_shortcut
+            else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,8 +352,11 @@ class Decoder(_Checkpointed):
         else:
             self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
         f = cfg.downsample_factor
+        k, pad = cfg.shortcut_kernel
         self.patch_shortcut = (
-            nn.ConvTranspose2d(cfg.z_channels, cfg.out_ch, f, stride=f, bias=False) if cfg.patch_shortcut else None
+            nn.ConvTranspose2d(cfg.z_channels, cfg.out_ch, k, stride=f, padding=pad, bias=False)
+            if cfg.patch_shortcut
+            else None
         )
 
     def forward(self, z: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
@@ -360,9 +406,12 @@ class VAE(nn.Module):
         if self.quant_conv.weight.is_meta:  # built only to receive a checkpoint's tensors
             return
         cfg = self.cfg
-        basis = patch_basis(cfg.downsample_factor, cfg.z_channels, cfg.in_channels)
-        self.encoder.patch_shortcut.weight.copy_(basis)  # (z, 3, f, f): out, in, kh, kw
-        self.decoder.patch_shortcut.weight.copy_(basis)  # (z, 3, f, f): in, out, kh, kw (transposed conv)
+        if cfg.patch_shortcut_basis == "smooth":
+            enc, dec = smooth_filters(cfg.downsample_factor)
+        else:
+            enc = dec = patch_basis(cfg.downsample_factor, cfg.z_channels, cfg.in_channels)
+        self.encoder.patch_shortcut.weight.copy_(enc)  # (z, 3, k, k): out, in, kh, kw
+        self.decoder.patch_shortcut.weight.copy_(dec)  # (z, 3, k, k): in, out, kh, kw (transposed conv)
         for conv in (self.encoder.conv_out, self.decoder.conv_out):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)

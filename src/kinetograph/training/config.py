@@ -59,12 +59,13 @@ class DataConfig:
     # still drawn per step from the cached posterior; the first frame's noise-augmented latent is
     # always encoded anew. Costs ~2 x z x t x h x w floats per distinct clip.
     cache_latents: bool = False
-    # Stage vae: train on one random crop x crop window per clip (the same in all its frames), cut
-    # from frames loaded at height x width, so the autoencoder learns at the pixel scale it will
-    # see; 0 = whole frames.
+    # Train on one random crop x crop window per clip (the same in all its frames), cut from
+    # frames loaded at height x width: the autoencoder learns at the pixel scale it will see, and a
+    # diffusion stage at a fraction of the cost of whole frames, on scenes it cannot recognise by
+    # their layout; 0 = whole frames.
     crop: int = 0
-    # Stage vae: a random permutation of the RGB channels per clip, so that a small set of scenes
-    # does not teach the autoencoder their colours instead of how to encode colour.
+    # A random permutation of the RGB channels per clip (all its frames), so that a small set of
+    # scenes does not teach the model their colours instead of how to carry colour over.
     color_augment: bool = False
     seed: int = 0  # data order, crops, noise: every random draw is a function of (seed, sample position)
 
@@ -161,8 +162,8 @@ def check(cfg: TrainConfig) -> None:
             raise InputError(f"config: {msg}")
 
     need(cfg.stage in STAGES, f"stage {cfg.stage!r} must be one of {', '.join(STAGES)}")
-    need(cfg.stage == "vae" or not (cfg.data.crop or cfg.data.color_augment),
-         "data.crop and data.color_augment are for stage vae; remove them")
+    need(not (cfg.data.crop and cfg.data.cache_latents),
+         "data.crop makes every clip a new one, so data.cache_latents would only grow; remove one of them")
     need(0 <= cfg.data.crop <= min(cfg.data.height, cfg.data.width),
          f"data.crop {cfg.data.crop} must be between 0 (off) and the frame size {cfg.data.height}x{cfg.data.width}")
     need(not (cfg.data.cache_latents and cfg.stage == "vae"),

@@ -295,13 +295,35 @@ class Stage:
 
     # -- diffusion stages --------------------------------------------------------------------
 
+    def augment(self, video: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """data.crop: a random window per clip (the same in all its frames, so the motion is
+        kept); data.color_augment: a random RGB channel order per clip. Both give a small set of
+        scenes more variants: the autoencoder learns colour instead of a few scenes' colours, and
+        the UNet cannot recognise a scene by where things are and recall it, but has to carry the
+        conditioning frame over (the default model's 66 scenes, docs/model-card.md)."""
+        d = self.cfg.data
+        if not (d.crop or d.color_augment):
+            return video
+        clips = []
+        for clip, (uy, ux, up) in zip(video, rng.rand(3).tolist()):  # clip (t, 3, H, W)
+            if d.crop:
+                h, w = clip.shape[-2:]
+                y, x = int(uy * (h - d.crop + 1)), int(ux * (w - d.crop + 1))
+                clip = clip[..., y : y + d.crop, x : x + d.crop]
+            if d.color_augment:
+                clip = clip[:, list(_CHANNEL_ORDERS[int(up * len(_CHANNEL_ORDERS))])]
+            clips.append(clip)
+        return torch.stack(clips)
+
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
-        """Batch -> clean latents and conditioning. Draw order per sample: latent eps, [cond aug],
-        [still bucket], drop.
+        """Batch -> clean latents and conditioning. Draw order per sample: [augmentation], latent eps,
+        [cond aug], [still bucket], drop.
 
         train=False (validation) never drops the conditioning.
         """
         video = batch["video"]  # (b, t, 3, H, W) in [-1, 1]
+        if train:
+            video = self.augment(video, rng)
         b, t = video.shape[:2]
         frames = rearrange(video, "b t c h w -> (b t) c h w")
         vae = model.vae
@@ -423,22 +445,6 @@ class VAEStage(Stage):
         if train:
             video = self.augment(video, rng)
         return Inputs(x0=rearrange(video, "b t c h w -> (b t) c h w"), num_frames=video.shape[1])
-
-    def augment(self, video: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
-        """data.crop: a random window per clip; data.color_augment: a random RGB channel order."""
-        d = self.cfg.data
-        if not (d.crop or d.color_augment):
-            return video
-        clips = []
-        for clip, (uy, ux, up) in zip(video, rng.rand(3).tolist()):  # clip (t, 3, H, W)
-            if d.crop:
-                h, w = clip.shape[-2:]
-                y, x = int(uy * (h - d.crop + 1)), int(ux * (w - d.crop + 1))
-                clip = clip[..., y : y + d.crop, x : x + d.crop]
-            if d.color_augment:
-                clip = clip[:, list(_CHANNEL_ORDERS[int(up * len(_CHANNEL_ORDERS))])]
-            clips.append(clip)
-        return torch.stack(clips)
 
     def loss(self, loss_fn, module, inputs, rng):
         return loss_fn(module, inputs.x0, inputs.num_frames, rng)
