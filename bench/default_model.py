@@ -171,7 +171,7 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
 
     The denoiser's error at noise levels 2 and 8, relative to the latents' variance, on:
     - `unseen`: each held-out photo as a clip that does not move ("A still shot of the scene.",
-      the default bucket 145, as still clips are trained). Copying the conditioning frame's
+      the preset's default bucket, as still clips are trained). Copying the conditioning frame's
       latent is almost exact here (`copy`), so a model that carries the frame over scores near
       0; one that recalls training scenes does not.
     - `training`: one batch of training clips (own captions); recall works there.
@@ -183,6 +183,7 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
     from kinetograph.io.checkpoint import load_checkpoint
     from kinetograph.io.safetensors import load_state_dict
     from kinetograph.pipeline.preprocess import image_to_tensor, load_image, resize_and_crop
+    from kinetograph.presets import PRESETS
     from kinetograph.training import config as config_io
     from kinetograph.training.data import make_loader
     from kinetograph.training.loop import build_model
@@ -204,8 +205,10 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
     batch = next(iter(make_loader(cfg, t, 0, 1, 0)))
     photos = torch.stack([image_to_tensor(resize_and_crop(load_image(getattr(skdata, n)()), size, size))[0]
                           for n in HELD_OUT])
-    still = {"video": photos[:, None].expand(-1, t, -1, -1, -1).clone(), "fps": torch.full((len(HELD_OUT),), cfg.data.fps),
-             "motion_bucket": torch.full((len(HELD_OUT),), 145.0), "caption": ["A still shot of the scene."] * len(HELD_OUT)}
+    n = len(HELD_OUT)
+    bucket = float(PRESETS[stage.preset_name].sampling.motion_bucket_id)
+    still = {"video": photos[:, None].expand(-1, t, -1, -1, -1).clone(), "fps": torch.full((n,), cfg.data.fps),
+             "motion_bucket": torch.full((n,), bucket), "caption": ["A still shot of the scene."] * n}
     den = Denoiser(unet_network(model.unet), VScalingEDMcNoise())
     out = {}
     with torch.no_grad(), stage.forward_context(model.unet):

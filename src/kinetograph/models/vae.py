@@ -440,7 +440,7 @@ class VAE(nn.Module):
             self.post_quant_conv.weight *= s[None, :, None, None]
             return
         self.decoder.conv_in.weight *= s[None, :, None, None]
-        if self.decoder.patch_shortcut is not None:  # ConvTranspose2d: (z, out, f, f)
+        if self.decoder.patch_shortcut is not None:  # ConvTranspose2d: (z, out, k, k)
             self.decoder.patch_shortcut.weight *= s[:, None, None, None]
 
     @property

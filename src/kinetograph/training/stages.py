@@ -293,8 +293,6 @@ class Stage:
         """Per-video loss (b,)."""
         return loss_fn(unet_network(module), inputs.x0, inputs.cond, rng)
 
-    # -- diffusion stages --------------------------------------------------------------------
-
     def augment(self, video: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         """data.crop: a random window per clip (the same in all its frames, so the motion is
         kept); data.color_augment: a random RGB channel order per clip. Both give a small set of
@@ -314,6 +312,8 @@ class Stage:
                 clip = clip[:, list(_CHANNEL_ORDERS[int(up * len(_CHANNEL_ORDERS))])]
             clips.append(clip)
         return torch.stack(clips)
+
+    # -- diffusion stages --------------------------------------------------------------------
 
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
         """Batch -> clean latents and conditioning. Draw order per sample: [augmentation], latent eps,
