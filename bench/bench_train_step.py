@@ -62,7 +62,7 @@ def one(args: argparse.Namespace) -> dict:
     model.unet.gradient_checkpointing = args.checkpointing
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=1e-5)
     ema = EMA(trainable, 0.999, True)
-    loss_fn = stage.make_loss()
+    loss_fn = stage.make_loss(model)
     batch = {
         "video": torch.rand(1, args.frames, 3, args.height, args.width, generator=g) * 2 - 1,
         "caption": [""],

@@ -209,7 +209,7 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
     bucket = float(PRESETS[stage.preset_name].sampling.motion_bucket_id)
     still = {"video": photos[:, None].expand(-1, t, -1, -1, -1).clone(), "fps": torch.full((n,), cfg.data.fps),
              "motion_bucket": torch.full((n,), bucket), "caption": ["A still shot of the scene."] * n}
-    den = Denoiser(unet_network(model.unet), VScalingEDMcNoise())
+    den = Denoiser(unet_network(model.unet), VScalingEDMcNoise(), model.cfg.anchor_scale)
     out = {}
     with torch.no_grad(), stage.forward_context(model.unet):
         for name, b in (("unseen", still), ("training", batch)):

@@ -61,7 +61,7 @@ def main() -> int:
           "EDM-weighted loss: caption / opposite move's caption / static video")
     for path in args.checkpoints:
         model = load_checkpoint(path, dtype=torch.float32).model.eval()
-        den = Denoiser(unet_network(model.unet), scalings)
+        den = Denoiser(unet_network(model.unet), scalings, model.cfg.anchor_scale)
         res: dict[tuple[float, str], list[float]] = {}
         with torch.no_grad():
             for bi, batch in enumerate(batches):

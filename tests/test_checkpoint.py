@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -210,4 +211,16 @@ def test_text_model_refuses_diffusers_export_clearly(tmp_path):
         model = SVD(PRESETS["tiny_text"].model)
     with pytest.raises(CheckpointError, match="no diffusers equivalent"):
         save_diffusers(model, tmp_path / "d", "tiny_text")
+    assert not (tmp_path / "d").exists()
+
+
+def test_image_anchor_survives_the_original_file_and_refuses_diffusers(tiny_model, tmp_path):
+    from dataclasses import replace
+
+    model = copy.deepcopy(tiny_model)
+    model.cfg = replace(model.cfg, image_anchor=True)
+    assert load_checkpoint(save_original(model, tmp_path / "a.safetensors", "tiny")).model.cfg.image_anchor
+    assert not load_checkpoint(save_original(tiny_model, tmp_path / "p.safetensors", "tiny")).model.cfg.image_anchor
+    with pytest.raises(CheckpointError, match="anchored .* no diffusers equivalent"):
+        save_diffusers(model, tmp_path / "d", "tiny")
     assert not (tmp_path / "d").exists()

@@ -457,3 +457,23 @@ def test_guidance_rejects_wrong_scale_length() -> None:
     cond = _video_cond(1, 3)
     with pytest.raises(InputError):
         GuidedDenoiser(RecordingCondDenoiser(), cond, cond.zeroed(), linear_ramp(1.0, 2.0, 4))
+
+
+def test_anchored_denoiser_is_the_plain_one_on_the_residual_and_plain_without_an_image() -> None:
+    """D(x) = a + D_0(x - a), a = anchor_scale * concat; a dropped image (zero concat) gives D_0."""
+    from types import SimpleNamespace
+
+    def network(x_in: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
+        return 0.3 * x_in + c_noise[:, None, None, None] + 0.1 * cond.concat
+
+    g = torch.Generator().manual_seed(0)
+    x, concat = torch.randn(6, 4, 5, 5, generator=g), torch.randn(6, 4, 5, 5, generator=g)
+    cond, dropped = SimpleNamespace(concat=concat), SimpleNamespace(concat=torch.zeros_like(concat))
+    plain, anchored = Denoiser(network), Denoiser(network, "v_edm", anchor_scale=0.5)
+    torch.testing.assert_close(anchored(x, 0.7, cond), 0.5 * concat + plain(x - 0.5 * concat, 0.7, cond))
+    torch.testing.assert_close(anchored(x, 0.7, dropped), plain(x, 0.7, dropped))
+    # A network that outputs nothing: at the highest noise level the anchored D is the image's
+    # latent, the plain one nothing.
+    silent = lambda x_in, c_noise, cond: torch.zeros_like(x_in)  # noqa: E731
+    torch.testing.assert_close(Denoiser(silent, "v_edm", 0.5)(x, 1e4, cond), 0.5 * concat, atol=1e-6, rtol=0)
+    torch.testing.assert_close(Denoiser(silent)(x, 1e4, cond), torch.zeros_like(x), atol=1e-6, rtol=0)

@@ -127,3 +127,25 @@ def test_other_latent_widths_and_downsampling_generate(photo):
     assert tuple(latents.shape) == (1, 3, 8, 8, 12)
     video = pipe(photo, height=32, width=48, num_frames=3, num_inference_steps=2, seed=0)
     assert video.frames.shape == (3, 32, 48, 3)
+
+
+def test_an_anchored_model_generates_relative_to_the_image(ours, photo):
+    """SVDConfig.image_anchor: with the UNet's output at zero, the anchored pipeline's latents are
+    the plain pipeline's plus the image's scaled latent (the ODE maps a - a*L, L ~ 1/sigma_max)."""
+    from dataclasses import replace
+
+    from kinetograph.pipeline.preprocess import image_to_tensor, resize_and_crop
+
+    plain = copy.deepcopy(ours)
+    out = plain.model.unet.out[-1]
+    torch.nn.init.zeros_(out.weight), torch.nn.init.zeros_(out.bias)
+    anchored = copy.deepcopy(plain)
+    anchored.model.cfg = replace(anchored.model.cfg, image_anchor=True)
+    assert plain.denoiser.anchor_scale == 0 and anchored.denoiser.anchor_scale == anchored.model.cfg.vae.scale_factor
+    args = dict(SETTINGS, seed=0, noise_aug_strength=0.0, min_guidance_scale=1.0, max_guidance_scale=1.0,
+                output_type="latent")
+    diff = anchored(photo, **args) - plain(photo, **args)  # (1, t, c, h, w)
+    with torch.no_grad():
+        latent = anchored.model.vae.encode(image_to_tensor(resize_and_crop(photo, SIZE, SIZE)))  # (1, c, h, w)
+    want = (anchored.model.cfg.vae.scale_factor * latent)[:, None].expand_as(diff)
+    torch.testing.assert_close(diff, want, atol=2e-2 * want.abs().max().item(), rtol=0)

@@ -134,7 +134,7 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_dirs(data: Path
 @torch.no_grad()
 def _eval_loss(cfg: TrainConfig, model, batch) -> float:
     stage = make_stage(cfg)
-    loss_fn = stage.make_loss()
+    loss_fn = stage.make_loss(model)
     total = 0.0
     for k in range(8):  # fixed noise levels and noise: positions 1000 + ...
         rng = SampleRNG(123, [1000 + 2 * k, 1001 + 2 * k])

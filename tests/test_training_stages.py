@@ -140,6 +140,32 @@ def test_edm_loss_matches_hand_computation():
     torch.testing.assert_close(loss, torch.stack(want), atol=1e-6, rtol=1e-5)
 
 
+def test_anchored_edm_loss_is_relative_to_the_image_latent():
+    """anchor_scale > 0: D = a + D_0(x - a) with a = anchor_scale * concat; the target stays x0."""
+    x0 = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    concat = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+
+    def network(x_in, c_noise, cond):
+        return 0.7 * x_in + c_noise[:, None, None, None]
+
+    class C:
+        num_frames = 3
+
+    C.concat = concat
+    loss = EDMLoss(p_mean=0.3, p_std=1.1, anchor_scale=2.0)(network, x0, C(), SampleRNG(5, [10, 11]))
+    want = []
+    for i, pos in enumerate([10, 11]):
+        r = SampleRNG(5, [pos])
+        sigma = r.log_normal(0.3, 1.1)[0]
+        noise = r.randn(3, 4, 5, 5)[0]
+        c_skip, c_out, c_in, c_noise = VScalingEDMcNoise()(sigma[None])
+        xi, a = x0[3 * i : 3 * i + 3], 2.0 * concat[3 * i : 3 * i + 3]
+        res = xi + sigma * noise - a
+        d = a + c_skip * res + c_out * (0.7 * c_in * res + c_noise)
+        want.append(((d - xi) ** 2).mean() / c_out.square()[0])
+    torch.testing.assert_close(loss, torch.stack(want), atol=1e-6, rtol=1e-5)
+
+
 def test_sample_rng_depends_only_on_seed_and_position():
     a = SampleRNG(3, [0, 1, 2]).randn(4)
     b = torch.cat([SampleRNG(3, [0]).randn(4), SampleRNG(3, [1, 2]).randn(4)])

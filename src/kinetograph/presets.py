@@ -24,6 +24,11 @@ class SVDConfig:
     # Name of the text encoder whose tokens (width unet.text_dim) the UNet was trained on, e.g.
     # "minilm-l6-v2"; "" for text-blind models. Saved with the config in checkpoint metadata.
     text_encoder: str = ""
+    # Our own models may denoise relative to the conditioning image's latent
+    # (`diffusion.denoiser.Denoiser`, anchor_scale): with a few dozen training scenes the UNet
+    # otherwise recalls the scene it recognises in the image instead of carrying the image over.
+    # False for the official checkpoints. `anchor_scale` gives the Denoiser's argument.
+    image_anchor: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.text_encoder) != bool(self.unet.text_dim):
@@ -33,6 +38,11 @@ class SVDConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def anchor_scale(self) -> float:
+        """The Denoiser's anchor_scale: the concat latent times the VAE scale factor, or 0 (none)."""
+        return self.vae.scale_factor if self.image_anchor else 0.0
 
     @staticmethod
     def from_dict(d: dict) -> SVDConfig:
@@ -44,6 +54,7 @@ class SVDConfig:
             vae=VAEConfig(**tuples(d["vae"])),
             clip=CLIPVisionConfig(**tuples(d["clip"])),
             text_encoder=d.get("text_encoder", ""),
+            image_anchor=d.get("image_anchor", False),
         )
 
 
@@ -142,6 +153,9 @@ MINI256_MODEL = SVDConfig(
     ),
     clip=CLIPVisionConfig(width=32, layers=2, heads=2, patch_size=32, image_size=224, embed_dim=32),
     text_encoder="minilm-l6-v2",
+    # 66 training scenes: relative to the image, the UNet learns motion it can apply to any photo
+    # (docs/model-card.md, "Why an anchored denoiser").
+    image_anchor=True,
 )
 
 PRESETS: dict[str, Preset] = {

@@ -3,7 +3,14 @@
     D(x; sigma) = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma), cond)
 
 The scalings keep the network's input and training target at unit variance for every noise
-level. SVD uses v-prediction scalings with EDM's c_noise (sgm `VScalingWithEDMcNoise`); models
+level. With an anchor (`anchor_scale`, our own small models only), D is relative to the latent of
+the conditioning image a = anchor_scale * cond.concat:
+
+    D(x; sigma) = a + D_0(x - a; sigma)
+
+so carrying the image over costs the network nothing and it learns what moves (a residual, as
+in residual-shifting diffusion, Yue et al. 2023). A dropped image (zero concat) gives a = 0: the
+unconditional branch is the plain denoiser. SVD uses v-prediction scalings with EDM's c_noise (sgm `VScalingWithEDMcNoise`); models
 we train from scratch may use the plain EDM scalings (Table 1). Scalings are computed in
 float32 whatever the latent dtype, like sgm and diffusers.
 """
@@ -91,9 +98,12 @@ class Denoiser:
     c_noise as a (N,) float32 tensor, one entry per row of x.
     """
 
-    def __init__(self, network: Network, scalings: Scalings | str = "v_edm") -> None:
+    def __init__(self, network: Network, scalings: Scalings | str = "v_edm", anchor_scale: float = 0.0) -> None:
         self.network = network
         self.scalings = make_scalings(scalings) if isinstance(scalings, str) else scalings
+        # > 0: D is relative to anchor_scale * cond.concat (the VAE's scale factor maps the unscaled
+        # concat latent into the noisy latent's space); 0: SVD's plain preconditioning.
+        self.anchor_scale = anchor_scale
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         """x (N, ...), sigma a scalar or (N,) -> D (N, ...), same dtype as x."""
@@ -104,4 +114,8 @@ class Denoiser:
         assert sigma.shape == (n,), f"sigma must be a scalar or ({n},), got {tuple(sigma.shape)}"
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)  # each (N,) float32
         c_skip, c_out, c_in = (append_dims(c, x.ndim).to(x.dtype) for c in (c_skip, c_out, c_in))
-        return c_skip * x + c_out * self.network(c_in * x, c_noise, cond)
+        if not self.anchor_scale:
+            return c_skip * x + c_out * self.network(c_in * x, c_noise, cond)
+        a = self.anchor_scale * cond.concat.to(x.dtype)  # same shape as x
+        r = x - a
+        return a + c_skip * r + c_out * self.network(c_in * r, c_noise, cond)

@@ -345,6 +345,11 @@ def save_diffusers(
             "text-conditioned kinetograph models have no diffusers equivalent (diffusers' SVD UNet has no text "
             "branch); keep the original single-file layout"
         )
+    if model.cfg.image_anchor:
+        raise CheckpointError(
+            "image-anchored kinetograph models have no diffusers equivalent (diffusers' SVD pipeline denoises "
+            "the latents themselves, not relative to the image); keep the original single-file layout"
+        )
     tmp = _atomic_dir(folder)
     try:
         cfg = model.cfg

@@ -280,7 +280,7 @@ class ImageToVideo:
 
     @property
     def denoiser(self) -> Denoiser:
-        return Denoiser(self.network, VScalingEDMcNoise())
+        return Denoiser(self.network, VScalingEDMcNoise(), self.model.cfg.anchor_scale)
 
     def decode(self, latents: torch.Tensor, num_frames: int, chunk_size: int) -> np.ndarray:
         """((b t), c, h, w) latents -> (t, H, W, 3) uint8 frames of the first video."""

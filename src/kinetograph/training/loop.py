@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
 
     loader = make_loader(cfg, stage.num_frames, d.rank, d.world, step)
     batches = iter(loader)
-    loss_fn = stage.make_loss()
+    loss_fn = stage.make_loss(model)
     log = _Logger(cfg, out, step, d.is_main)
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * d.world
     val_clips = _validation_clips(cfg, stage) if d.is_main else []

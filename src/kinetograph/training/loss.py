@@ -29,6 +29,7 @@ class EDMLoss:
     p_std: float = 1.6
     weighting: str = "edm"  # "edm": 1 / c_out^2; "unit": plain MSE on D
     scalings: Scalings = field(default_factory=VScalingEDMcNoise)
+    anchor_scale: float = 0.0  # > 0: D relative to the image latent (`Denoiser`); the target stays x0
 
     def __call__(self, network: Network, x0: torch.Tensor, cond: Cond, rng: SampleRNG) -> torch.Tensor:
         """x0 ((b t), c, h, w) clean latents -> per-video loss (b,), float32.
@@ -43,7 +44,7 @@ class EDMLoss:
         sigma_frames = repeat(sigma, "b -> (b t)", t=t)
         x0 = x0.float()
         noised = x0 + append_dims(sigma_frames, x0.ndim) * noise
-        denoised = Denoiser(network, self.scalings)(noised, sigma_frames, cond).float()
+        denoised = Denoiser(network, self.scalings, self.anchor_scale)(noised, sigma_frames, cond).float()
         if self.weighting == "edm":
             _, c_out, _, _ = self.scalings(sigma_frames)
             weight = 1.0 / c_out**2

@@ -280,13 +280,14 @@ class Stage:
     def forward_context(self, module: nn.Module) -> Iterator[None]:
         yield
 
-    def make_loss(self) -> EDMLoss | VAELoss:
+    def make_loss(self, model: SVD) -> EDMLoss | VAELoss:
         p_mean, p_std = SIGMA_DEFAULTS[self.name]
         loss = self.cfg.loss
         return EDMLoss(
             p_mean=p_mean if loss.p_mean is None else loss.p_mean,
             p_std=p_std if loss.p_std is None else loss.p_std,
             weighting=loss.weighting,
+            anchor_scale=model.cfg.anchor_scale,
         )
 
     def loss(self, loss_fn: EDMLoss | VAELoss, module: nn.Module, inputs: Inputs, rng: SampleRNG) -> torch.Tensor:
@@ -395,7 +396,7 @@ class Stage:
         sigmas = karras_sigmas(steps).to(device)
         g = torch.Generator(device).manual_seed(seed)
         x = torch.randn(inputs.x0.shape, generator=g, device=device) * init_noise_scale(sigmas)
-        denoiser = Denoiser(unet_network(model.unet), VScalingEDMcNoise())
+        denoiser = Denoiser(unet_network(model.unet), VScalingEDMcNoise(), model.cfg.anchor_scale)
         with self.forward_context(model.unet):
             x = sample_euler(lambda x, s: denoiser(x, s, inputs.cond), x, sigmas)
         pixels = model.vae.decode(x / model.vae.cfg.scale_factor, num_frames=inputs.num_frames)
@@ -437,7 +438,7 @@ class VAEStage(Stage):
     def module(self, model: SVD) -> nn.Module:
         return Autoencoder(model.vae)
 
-    def make_loss(self) -> VAELoss:
+    def make_loss(self, model: SVD) -> VAELoss:
         return VAELoss(kl_weight=self.cfg.loss.kl_weight, recon=self.cfg.loss.recon)
 
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
