@@ -24,43 +24,66 @@ from einops import rearrange
 from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
 from kinetograph.eval.prompts import expected_motion
 from kinetograph.io.checkpoint import load_checkpoint
+from kinetograph.io.safetensors import load_state_dict
 from kinetograph.training.config import load_config
 from kinetograph.training.data import make_loader
+from kinetograph.training.loop import build_model
 from kinetograph.training.rng import SampleRNG
 from kinetograph.training.stages import make_stage, unet_network
 
 SIGMAS = (0.5, 2.0, 8.0, 32.0)
 OPPOSITE = {"push in": "pull back", "pull back": "push in", "leftward": "rightward", "rightward": "leftward",
-            "left": "right", "right": "left", "in": "out", "out": "in"}
-OPPOSITE_MOVE = {"left": "right", "right": "left", "zoom_in": "zoom_out", "zoom_out": "zoom_in"}
+            "upward": "downward", "downward": "upward", "rises": "sinks", "sinks": "rises",
+            "left": "right", "right": "left", "in": "out", "out": "in", "up": "down", "down": "up"}
+OPPOSITE_MOVE = {"left": "right", "right": "left", "zoom_in": "zoom_out", "zoom_out": "zoom_in", "up": "down",
+                 "down": "up"}
 
 
-def opposite(caption: str) -> str:
-    """The caption with its move swapped; checked with the same parser the evaluation uses."""
+def opposite(caption: str) -> str | None:
+    """The caption with its move swapped, checked with the same parser the evaluation uses; None
+    for a caption without a move that has an opposite (static shots, content-only captions)."""
     words = "|".join(OPPOSITE)  # longest phrases first: "push in" before "in"
     text = re.sub(rf"\b({words})\b", lambda m: OPPOSITE[m.group(1)], caption)
     move, swapped = expected_motion(caption), expected_motion(text)
-    assert move is not None and swapped == OPPOSITE_MOVE[str(move)], (caption, text, move, swapped)
+    if move is None or str(move) not in OPPOSITE_MOVE:
+        return None
+    assert swapped is not None and str(swapped) == OPPOSITE_MOVE[str(move)], (caption, text, move, swapped)
     return text
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+", help="exported models (model.safetensors)")
+    ap.add_argument("checkpoints", nargs="+",
+                    help="exported models (model.safetensors), or training checkpoints' ema/model tensors of --config")
     ap.add_argument("--config", required=True, help="a training config: its data, size and frames")
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--size", type=int, default=0, help="frame size (default: the config's; crops are turned off)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(args.config, overrides=[f"data.batch_size={args.batch_size}"])
+    overrides = [f"data.batch_size={args.batch_size}", "data.crop=0", "data.cache_latents=false"]
+    if args.size:
+        overrides += [f"data.height={args.size}", f"data.width={args.size}"]
+    cfg = load_config(args.config, overrides=overrides)
     stage = make_stage(cfg)
     loader = iter(make_loader(cfg, cfg.data.num_frames, 0, 1, 0))
-    batches = [next(loader) for _ in range(args.batches)]
+    batches = []  # clips whose caption names a move with an opposite
+    while len(batches) < args.batches:
+        batch = next(loader)
+        keep = [i for i, c in enumerate(batch["caption"]) if opposite(c) is not None]
+        if keep:
+            batches.append({k: v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()})
     scalings = VScalingEDMcNoise()
     print(f"{args.batches * args.batch_size} clips of {cfg.data.root} at {cfg.data.height}x{cfg.data.width}; "
           "EDM-weighted loss: caption / opposite move's caption / static video")
     for path in args.checkpoints:
-        model = load_checkpoint(path, dtype=torch.float32).model.eval()
+        tensors = load_state_dict(path)
+        if any(k.startswith("unet.") for k in tensors):  # a training checkpoint of this config's run
+            model, _ = build_model(cfg, stage)
+            model.load_state_dict({k: v for k, v in tensors.items() if k.startswith("unet.")}, strict=False)
+            model.eval()
+        else:
+            model = load_checkpoint(path, dtype=torch.float32).model.eval()
         den = Denoiser(unet_network(model.unet), scalings, model.cfg.anchor_scale)
         res: dict[tuple[float, str], list[float]] = {}
         with torch.no_grad():
