@@ -169,7 +169,7 @@ def heldout_reconstruction(path: Path) -> dict:
 def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
     """A one-minute read of whether a stage-3 UNet generalises, long before it makes good videos.
 
-    The denoiser's error at noise levels 2 and 8, relative to the latents' variance, on:
+    The denoiser's error at noise levels 2, 8 and 0.5, relative to the latents' variance, on:
     - `unseen`: each held-out photo as a clip that does not move ("A still shot of the scene.",
       the preset's default bucket, as still clips are trained). Copying the conditioning frame's
       latent is almost exact here (`copy`), so a model that carries the frame over scores near
@@ -221,7 +221,7 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
                 copy = inputs.cond.concat * model.vae.cfg.scale_factor
                 row["copy"] = round(float((copy - x0).square().mean() / var), 4)
             g = torch.Generator().manual_seed(0)
-            for sigma in (2.0, 8.0):
+            for sigma in (2.0, 8.0, 0.5):  # 0.5 last: the first two draw the noise they always drew
                 noise = torch.randn(x0.shape, generator=g)
                 d = den(x0 + sigma * noise, torch.full((x0.shape[0],), sigma), inputs.cond)
                 row[f"sigma_{sigma:g}"] = round(float((d - x0).square().mean() / var), 4)

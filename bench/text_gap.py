@@ -58,12 +58,13 @@ def main() -> int:
     ap.add_argument("--config", required=True, help="a training config: its data, size and frames")
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--size", type=int, default=0, help="frame size (default: the config's; crops are turned off)")
+    ap.add_argument("--size", type=int, default=0,
+                    help="frames resized to this size, whole (default: the config's size, and its crop if it has one)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    overrides = [f"data.batch_size={args.batch_size}", "data.crop=0", "data.cache_latents=false"]
+    overrides = [f"data.batch_size={args.batch_size}", "data.cache_latents=false", "data.color_augment=false"]
     if args.size:
-        overrides += [f"data.height={args.size}", f"data.width={args.size}"]
+        overrides += [f"data.height={args.size}", f"data.width={args.size}", "data.crop=0"]
     cfg = load_config(args.config, overrides=overrides)
     stage = make_stage(cfg)
     loader = iter(make_loader(cfg, cfg.data.num_frames, 0, 1, 0))
@@ -72,9 +73,13 @@ def main() -> int:
         batch = next(loader)
         keep = [i for i, c in enumerate(batch["caption"]) if opposite(c) is not None]
         if keep:
-            batches.append({k: v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()})
+            batch = {k: v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()}
+            # The config's crop, one fixed window per clip (encode(train=False) does not augment).
+            batch["video"] = stage.augment(batch["video"], SampleRNG(7, batch["position"]))
+            batches.append(batch)
     scalings = VScalingEDMcNoise()
-    print(f"{args.batches * args.batch_size} clips of {cfg.data.root} at {cfg.data.height}x{cfg.data.width}; "
+    size = cfg.data.crop or cfg.data.height
+    print(f"{sum(len(b['caption']) for b in batches)} clips of {cfg.data.root} at {size}x{size}; "
           "EDM-weighted loss: caption / opposite move's caption / static video")
     for path in args.checkpoints:
         tensors = load_state_dict(path)

@@ -224,3 +224,16 @@ def test_image_anchor_survives_the_original_file_and_refuses_diffusers(tiny_mode
     with pytest.raises(CheckpointError, match="anchored .* no diffusers equivalent"):
         save_diffusers(model, tmp_path / "d", "tiny")
     assert not (tmp_path / "d").exists()
+
+
+def test_scale_shift_unet_round_trips_in_the_original_file_and_refuses_diffusers(tmp_path):
+    from dataclasses import replace
+
+    base = PRESETS["tiny"].model
+    model = randomize_(SVD(replace(base, unet=replace(base.unet, scale_shift_norm=True))), seed=1)
+    loaded = load_checkpoint(save_original(model, tmp_path / "s.safetensors", "tiny")).model
+    assert loaded.cfg.unet.scale_shift_norm
+    got, want = state(loaded), state(model)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(CheckpointError, match="scale-shift .* no diffusers equivalent"):
+        save_diffusers(model, tmp_path / "d", "tiny")

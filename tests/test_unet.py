@@ -302,3 +302,27 @@ def test_temporal_conv3d_matches_conv3d_values_and_gradients():
         (rx,) = torch.autograd.grad(ref.square().sum(), x)
         torch.testing.assert_close(gx, rx, atol=1e-4, rtol=1e-4)
     assert set(TemporalConv3d(2, 2, (3, 1, 1)).state_dict()) == {"weight", "bias"}  # the official layout
+
+
+def test_scale_shift_res_block_scales_and_shifts_the_second_norm():
+    """h = GN(h) * (1 + scale) + shift: scale -1 removes the features, scale 0 is a plain shift."""
+    from kinetograph.models.layers import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(32, 16, 32, scale_shift=True).eval()
+    plain = ResBlock(32, 16, 32).eval()
+    for b in (block, plain):
+        torch.nn.init.normal_(b.out_layers[-1].weight, std=0.1)
+    plain.in_layers.load_state_dict(block.in_layers.state_dict())
+    plain.out_layers.load_state_dict(block.out_layers.state_dict())
+    assert block.emb_layers[1].out_features == 64  # scale and shift
+    x1, x2, emb = torch.randn(2, 32, 6, 6), torch.randn(2, 32, 6, 6), torch.randn(2, 16)
+    lin = block.emb_layers[1]
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.copy_(torch.cat([-torch.ones(32), torch.zeros(32)]))  # scale -1, shift 0
+        gone1, gone2 = block(x1, emb) - x1, block(x2, emb) - x2
+        torch.testing.assert_close(gone1, gone2)  # the features no longer reach the output
+        lin.bias.zero_()  # scale 0, shift 0: GN(h) as it is, as the plain block with a zero bias
+        plain.emb_layers[1].weight.zero_(), plain.emb_layers[1].bias.zero_()
+        torch.testing.assert_close(block(x1, emb), plain(x1, emb))

@@ -141,6 +141,9 @@ MINI256_MODEL = SVDConfig(
         context_dim=32,
         adm_in_channels=3 * 16,
         text_dim=384,
+        # The caption has to choose a move's direction: a sign flip that a bias added to the
+        # features learns slowly and a scale learns directly (docs/model-card.md).
+        scale_shift_norm=True,
     ),
     # 8 GroupNorm groups (4 channels each at width 32): with SVD's 32, each norm would remove
     # every channel's mean, and the decoder could not carry an image's colours. Six shift-smooth

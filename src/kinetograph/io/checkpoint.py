@@ -350,6 +350,11 @@ def save_diffusers(
             "image-anchored kinetograph models have no diffusers equivalent (diffusers' SVD pipeline denoises "
             "the latents themselves, not relative to the image); keep the original single-file layout"
         )
+    if model.cfg.unet.scale_shift_norm:
+        raise CheckpointError(
+            "kinetograph models with scale-shift res blocks (unet.scale_shift_norm) have no diffusers equivalent "
+            "(diffusers' SVD UNet adds the embedding as a bias); keep the original single-file layout"
+        )
     tmp = _atomic_dir(folder)
     try:
         cfg = model.cfg

@@ -84,6 +84,9 @@ class ResBlock(nn.Module):
     dims=3 with kernel (3, 1, 1) is the temporal ResBlock that SVD mixes into every spatial one
     (`time_stack`); its input is (b, c, t, h, w) and its embedding (b, t, emb_channels).
     emb_channels=0 drops the embedding path (the VAE decoder's temporal blocks).
+    scale_shift=True: the embedding gives a per-channel scale and shift of the second norm's output,
+    h = GN(h) * (1 + scale) + shift (ADM's `use_scale_shift_norm`, Dhariwal & Nichol 2021),
+    instead of SVD's bias added before it; `emb_layers` then projects to 2 x out_channels.
     """
 
     def __init__(
@@ -94,9 +97,11 @@ class ResBlock(nn.Module):
         dims: int = 2,
         kernel_size: int | Sequence[int] = 3,
         dropout: float = 0.0,
+        scale_shift: bool = False,
     ):
         super().__init__()
         out_channels = out_channels or channels
+        self.scale_shift = scale_shift
         ks = [kernel_size] * dims if isinstance(kernel_size, int) else list(kernel_size)
         padding = [k // 2 for k in ks]
         self.dims = dims
@@ -104,7 +109,9 @@ class ResBlock(nn.Module):
             normalization(channels), nn.SiLU(), conv_nd(dims, channels, out_channels, ks, padding=padding)
         )
         self.emb_layers = (
-            nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels)) if emb_channels > 0 else None
+            nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
+            if emb_channels > 0
+            else None
         )
         self.out_layers = nn.Sequential(
             normalization(out_channels),
@@ -125,6 +132,10 @@ class ResBlock(nn.Module):
                 e = rearrange(e, "b t c -> b c t 1 1")
             else:  # emb (b, c) -> (b, c, 1, 1)
                 e = e[:, :, None, None]
+            if self.scale_shift:
+                scale, shift = e.chunk(2, dim=1)
+                norm, rest = self.out_layers[0], self.out_layers[1:]
+                return self.skip_connection(x) + rest(norm(h) * (1 + scale) + shift)
             h = h + e
         return self.skip_connection(x) + self.out_layers(h)
 

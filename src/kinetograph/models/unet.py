@@ -61,6 +61,10 @@ class UNetConfig:
     adm_in_channels: int = 768  # width of the vector conditioning y (3 x 256 micro-conditioning)
     video_kernel_size: tuple[int, int, int] = (3, 1, 1)  # (t, h, w) kernel of the temporal ResBlocks
     text_dim: int = 0  # width of the text encoder's tokens; 0 = no text branch (the official network)
+    # Res blocks take a scale and shift from the embedding (time + micro-conditioning + pooled text)
+    # instead of a bias (`layers.ResBlock`): conditioning can then flip or gate features, e.g. a
+    # caption choose the direction of a camera move. False in the official network.
+    scale_shift_norm: bool = False
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -113,9 +117,18 @@ class VideoResBlock(ResBlock):
     Both see the same time embedding: the temporal one per frame, emb reshaped to (b, t, c).
     """
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, video_kernel_size: tuple[int, ...]):
-        super().__init__(channels, emb_channels, out_channels)
-        self.time_stack = ResBlock(out_channels, emb_channels, out_channels, dims=3, kernel_size=video_kernel_size)
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        out_channels: int,
+        video_kernel_size: tuple[int, ...],
+        scale_shift: bool = False,
+    ):
+        super().__init__(channels, emb_channels, out_channels, scale_shift=scale_shift)
+        self.time_stack = ResBlock(
+            out_channels, emb_channels, out_channels, dims=3, kernel_size=video_kernel_size, scale_shift=scale_shift
+        )
         self.time_mixer = AlphaBlender()
 
     def forward(
@@ -357,7 +370,7 @@ class VideoUNet(nn.Module):
         widths = cfg.level_channels
 
         def res_block(cin: int, cout: int) -> VideoResBlock:
-            return VideoResBlock(cin, emb_dim, cout, cfg.video_kernel_size)
+            return VideoResBlock(cin, emb_dim, cout, cfg.video_kernel_size, cfg.scale_shift_norm)
 
         def transformer(ch: int) -> SpatialVideoTransformer:
             return SpatialVideoTransformer(
