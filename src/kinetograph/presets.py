@@ -141,8 +141,9 @@ MINI256_MODEL = SVDConfig(
         context_dim=32,
         adm_in_channels=3 * 16,
         text_dim=384,
-        # The caption has to choose a move's direction: a sign flip that a bias added to the
-        # features learns slowly and a scale learns directly (docs/model-card.md).
+        # The caption has to choose a move's direction, a sign flip: a scale can express it in one
+        # layer, a bias only through later gating (ADM's choice; stage 2 reached a lower loss with
+        # it, but no run has yet learned the direction either way: docs/model-card.md).
         scale_shift_norm=True,
     ),
     # 8 GroupNorm groups (4 channels each at width 32): with SVD's 32, each norm would remove
