@@ -10,8 +10,10 @@ the conditioning image a = anchor_scale * cond.concat:
 
 so carrying the image over costs the network nothing and it learns what moves (a residual, as
 in residual-shifting diffusion, Yue et al. 2023). A dropped image (zero concat) gives a = 0: the
-unconditional branch is the plain denoiser. SVD uses v-prediction scalings with EDM's c_noise (sgm `VScalingWithEDMcNoise`); models
-we train from scratch may use the plain EDM scalings (Table 1). Scalings are computed in
+unconditional branch is the plain denoiser.
+
+SVD uses v-prediction scalings with EDM's c_noise (sgm `VScalingWithEDMcNoise`); models we train
+from scratch may use the plain EDM scalings (Table 1). Scalings are computed in
 float32 whatever the latent dtype, like sgm and diffusers.
 """
 

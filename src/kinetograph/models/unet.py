@@ -62,8 +62,8 @@ class UNetConfig:
     video_kernel_size: tuple[int, int, int] = (3, 1, 1)  # (t, h, w) kernel of the temporal ResBlocks
     text_dim: int = 0  # width of the text encoder's tokens; 0 = no text branch (the official network)
     # Res blocks take a scale and shift from the embedding (time + micro-conditioning + pooled text)
-    # instead of a bias (`layers.ResBlock`): conditioning can then flip or gate features, e.g. a
-    # caption choose the direction of a camera move. False in the official network.
+    # instead of a bias (`layers.ResBlock`): conditioning can then flip or gate features, e.g. let
+    # a caption choose the direction of a camera move. False in the official network.
     scale_shift_norm: bool = False
 
     def __post_init__(self) -> None:
