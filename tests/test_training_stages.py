@@ -114,9 +114,12 @@ def test_micro_vectors_match_micro_conditioning():
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
-def test_edm_loss_matches_hand_computation():
-    """loss = (1/c_out^2) * mean (D - x0)^2 with D from v-scalings; sigma and noise from the sample RNG."""
+@pytest.mark.parametrize("anchor_scale", [0.0, 2.0])
+def test_edm_loss_matches_hand_computation(anchor_scale):
+    """loss = (1/c_out^2) * mean (D - x0)^2 with D from v-scalings; sigma and noise from the sample RNG.
+    anchor_scale > 0: D = a + D_0(x - a) with a = anchor_scale * concat; the target stays x0."""
     x0 = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    concat = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
     weight = torch.tensor(0.7)
 
     def network(x_in, c_noise, cond):  # a linear "network" so D is known in closed form
@@ -125,7 +128,8 @@ def test_edm_loss_matches_hand_computation():
     class C:
         num_frames = 3
 
-    loss = EDMLoss(p_mean=0.3, p_std=1.1)(network, x0, C(), SampleRNG(5, [10, 11]))
+    C.concat = concat
+    loss = EDMLoss(p_mean=0.3, p_std=1.1, anchor_scale=anchor_scale)(network, x0, C(), SampleRNG(5, [10, 11]))
     # Redraw what the loss drew: per video, sigma first, then (t, c, h, w) noise.
     want = []
     for i, pos in enumerate([10, 11]):
@@ -133,35 +137,9 @@ def test_edm_loss_matches_hand_computation():
         sigma = r.log_normal(0.3, 1.1)[0]
         noise = r.randn(3, 4, 5, 5)[0]
         c_skip, c_out, c_in, c_noise = VScalingEDMcNoise()(sigma[None])
-        xi = x0[3 * i : 3 * i + 3]
-        x = xi + sigma * noise
-        d = c_skip * x + c_out * (weight * c_in * x + c_noise)
-        want.append(((d - xi) ** 2).mean() / c_out.square()[0])
-    torch.testing.assert_close(loss, torch.stack(want), atol=1e-6, rtol=1e-5)
-
-
-def test_anchored_edm_loss_is_relative_to_the_image_latent():
-    """anchor_scale > 0: D = a + D_0(x - a) with a = anchor_scale * concat; the target stays x0."""
-    x0 = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))
-    concat = torch.randn(2 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
-
-    def network(x_in, c_noise, cond):
-        return 0.7 * x_in + c_noise[:, None, None, None]
-
-    class C:
-        num_frames = 3
-
-    C.concat = concat
-    loss = EDMLoss(p_mean=0.3, p_std=1.1, anchor_scale=2.0)(network, x0, C(), SampleRNG(5, [10, 11]))
-    want = []
-    for i, pos in enumerate([10, 11]):
-        r = SampleRNG(5, [pos])
-        sigma = r.log_normal(0.3, 1.1)[0]
-        noise = r.randn(3, 4, 5, 5)[0]
-        c_skip, c_out, c_in, c_noise = VScalingEDMcNoise()(sigma[None])
-        xi, a = x0[3 * i : 3 * i + 3], 2.0 * concat[3 * i : 3 * i + 3]
+        xi, a = x0[3 * i : 3 * i + 3], anchor_scale * concat[3 * i : 3 * i + 3]
         res = xi + sigma * noise - a
-        d = a + c_skip * res + c_out * (0.7 * c_in * res + c_noise)
+        d = a + c_skip * res + c_out * (weight * c_in * res + c_noise)
         want.append(((d - xi) ** 2).mean() / c_out.square()[0])
     torch.testing.assert_close(loss, torch.stack(want), atol=1e-6, rtol=1e-5)
 
