@@ -85,6 +85,19 @@ def test_unknown_option_is_usage_error(capsys):
     assert code == 2
 
 
+def test_train_errors_exit_2_with_one_line(tmp_path, capsys):
+    # The train command turns its errors into typer.Exit(2) (it also runs alone under torchrun);
+    # the app must pass that code on, not exit 0.
+    code, err = run(["train", "--stage", "vae", "--config", str(tmp_path / "missing.toml")], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "config file not found" in err
+    config = tmp_path / "vae.toml"
+    config.write_text(f'stage = "vae"\n[model]\npreset = "tiny"\n[data]\nroot = "{tmp_path}"\n[run]\nout_dir = "{tmp_path / "run"}"\n')
+    code, err = run(["train", "--stage", "vae", "--config", str(config), "--resume"], capsys)
+    assert code == 2 and "--resume: no checkpoint" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_convert_command(checkpoint, tmp_path, capsys):
     code, err = run(["convert", str(checkpoint), str(tmp_path / "d"), "--to", "diffusers"], capsys)
     assert code == 0, err

@@ -254,7 +254,8 @@ _register_subcommands()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning our errors into one line and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a command's typer.Exit code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
     except KinetographError as e:
         typer.echo(f"error: {e}", err=True)
         return e.exit_code
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {type(e).__name__}: {e} (set KINETOGRAPH_DEBUG=1 for details)", err=True)
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
