@@ -237,3 +237,15 @@ def test_scale_shift_unet_round_trips_in_the_original_file_and_refuses_diffusers
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(CheckpointError, match="scale-shift .* no diffusers equivalent"):
         save_diffusers(model, tmp_path / "d", "tiny")
+
+
+def test_temporal_text_unet_round_trips_in_the_original_file(tmp_path):
+    from dataclasses import replace
+
+    base = PRESETS["tiny_text"].model
+    model = randomize_(SVD(replace(base, unet=replace(base.unet, temporal_text=True))), seed=2)
+    loaded = load_checkpoint(save_original(model, tmp_path / "t.safetensors", "tiny_text")).model
+    assert loaded.cfg.unet.temporal_text
+    got, want = state(loaded), state(model)
+    assert any(".time_stack.0.attn_text." in k for k in want)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

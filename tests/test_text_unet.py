@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from conftest import randomize_
 
@@ -19,6 +20,7 @@ BASE = UNetConfig(
     adm_in_channels=3 * 16,
 )
 TEXT = dataclasses.replace(BASE, text_dim=24)
+TEMPORAL_TEXT = dataclasses.replace(TEXT, temporal_text=True)
 B, T, H, W, N = 2, 3, 8, 8, 5
 
 
@@ -43,11 +45,11 @@ def _text(seed: int = 2, n: int = N):
     return dict(text_tokens=tokens, text_mask=mask, text_pooled=pooled)
 
 
-def _pair():
+def _pair(cfg: UNetConfig = TEXT):
     """An image-only UNet with every parameter random, and a text UNet holding the same weights."""
     image_only = randomize_(VideoUNet(BASE), seed=0, std=0.1).eval()
     torch.manual_seed(0)
-    with_text = VideoUNet(TEXT).eval()
+    with_text = VideoUNet(cfg).eval()
     missing, unexpected = with_text.load_state_dict(image_only.state_dict(), strict=False)
     assert not unexpected and missing and all(_is_text_key(k) for k in missing)
     return image_only, with_text
@@ -72,9 +74,20 @@ def test_text_branch_exists_only_when_configured():
     with torch.device("meta"):
         assert not any(_is_text_key(k) for k in VideoUNet(UNetConfig()).state_dict())
 
+    # temporal_text: every temporal block gets the same pair, named under time_stack.
+    temporal = set(VideoUNet(TEMPORAL_TEXT).state_dict()) - set(text)
+    assert temporal and all(".time_stack.0.attn_text." in k or ".time_stack.0.norm_text." in k for k in temporal)
+    assert len(temporal) == 7 * n_blocks
 
-def test_zero_init_text_branch_keeps_image_only_output_exactly():
-    image_only, with_text = _pair()
+
+def test_temporal_text_needs_a_text_branch():
+    with pytest.raises(ValueError, match="temporal_text needs a text branch"):
+        dataclasses.replace(BASE, temporal_text=True)
+
+
+@pytest.mark.parametrize("cfg", [TEXT, TEMPORAL_TEXT], ids=["spatial", "temporal"])
+def test_zero_init_text_branch_keeps_image_only_output_exactly(cfg):
+    image_only, with_text = _pair(cfg)
     with torch.no_grad():
         ref = image_only(**_inputs())
         out = with_text(**_inputs(), **_text())
@@ -85,16 +98,19 @@ def test_zero_init_text_branch_keeps_image_only_output_exactly():
 
 
 def test_zero_init_branch_is_trainable():
-    _, with_text = _pair()
+    _, with_text = _pair(TEMPORAL_TEXT)
     with_text.train()
     with_text(**_inputs(), **_text()).square().mean().backward()
     blk = with_text.input_blocks[1][1].transformer_blocks[0]
     assert blk.attn_text.to_out[0].weight.grad.abs().sum() > 0
+    temporal = with_text.input_blocks[1][1].time_stack[0]
+    assert temporal.attn_text.to_out[0].weight.grad.abs().sum() > 0
     assert with_text.text_emb.weight.grad.abs().sum() > 0
 
 
-def test_trained_text_branch_masks_and_dropped_text():
-    image_only, with_text = _pair()
+@pytest.mark.parametrize("cfg", [TEXT, TEMPORAL_TEXT], ids=["spatial", "temporal"])
+def test_trained_text_branch_masks_and_dropped_text(cfg):
+    image_only, with_text = _pair(cfg)
     randomize_(with_text, seed=3, std=0.1)  # every text parameter random now
     with torch.no_grad():
         with_text_sd = {k: v for k, v in with_text.state_dict().items() if not _is_text_key(k)}
@@ -130,3 +146,29 @@ def test_gradient_checkpointing_with_text_matches():
         with_text(**_inputs(), **_text()).square().mean().backward()
         grads.append(with_text.text_emb.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_temporal_text_reads_one_caption_per_video_and_changes_every_frame():
+    """Only the temporal text branch on: the video's caption is its first frame's row, and it
+    reaches every frame (its queries are the frames of each pixel)."""
+    _, with_text = _pair(TEMPORAL_TEXT)
+    randomize_(with_text, seed=5, std=0.1)
+    with torch.no_grad():
+        for name, p in with_text.named_parameters():  # the spatial text branch and pooled vector off
+            if _is_text_key(name) and ".time_stack." not in name:
+                p.zero_()
+        text = _text()
+        out = with_text(**_inputs(), **text)
+        none = with_text(**_inputs())
+        # Every frame of both videos moved with the caption.
+        assert ((out - none).flatten(1).abs().amax(1) > 1e-3).all()
+        # Rows of later frames are not read ...
+        later = {**text, "text_tokens": text["text_tokens"].clone()}
+        later["text_tokens"][1:T] = torch.randn_like(later["text_tokens"][1:T])
+        torch.testing.assert_close(with_text(**_inputs(), **later), out, atol=1e-6, rtol=0)
+        # ... the first frame's row is the caption of all of its video's frames, and only of its video.
+        first = {**text, "text_tokens": text["text_tokens"].clone()}
+        first["text_tokens"][0] = torch.randn_like(first["text_tokens"][0])
+        changed = with_text(**_inputs(), **first)
+        assert ((changed[:T] - out[:T]).flatten(1).abs().amax(1) > 1e-4).all()
+        torch.testing.assert_close(changed[T:], out[T:], atol=1e-6, rtol=0)

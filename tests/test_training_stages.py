@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import randomize_
@@ -61,6 +63,29 @@ def test_inserted_video_network_equals_per_frame_image_network():
     unet(x, ts, ctx, y, t, torch.zeros(b, t)).square().mean().backward()
     zeroed = unet.input_blocks[1][0].time_stack.out_layers[-1].weight
     assert zeroed.grad is not None and zeroed.grad.abs().sum() > 0
+
+
+def test_inserted_video_network_with_temporal_text_equals_image_network():
+    """The temporal blocks' text cross-attention is zeroed too: with a caption, the inserted video
+    network is still the per-frame image network."""
+    cfg = replace(CFG, text_dim=16, temporal_text=True)
+    unet = randomize_(VideoUNet(cfg), seed=3, std=0.1)
+    b, t, n = 2, 3, 4
+    x, ts, ctx, y = _inputs(b, t)
+    g = torch.Generator().manual_seed(1)
+    text = dict(
+        text_tokens=torch.randn(b, n, 16, generator=g).repeat_interleave(t, 0),
+        text_mask=torch.ones(b * t, n, dtype=torch.bool),
+        text_pooled=torch.randn(b, 16, generator=g).repeat_interleave(t, 0),
+    )
+    with torch.no_grad():
+        image_out = unet(x, ts, ctx, y, 1, torch.ones(b * t, 1), **text)
+        assert (unet(x, ts, ctx, y, t, torch.zeros(b, t), **text) - image_out).abs().max() > 1e-3
+    insert_temporal_layers(unet, seed=0)
+    with torch.no_grad():
+        video_out = unet(x, ts, ctx, y, t, torch.zeros(b, t), **text)
+    torch.testing.assert_close(video_out, image_out, atol=1e-5, rtol=1e-5)
+    assert not unet.input_blocks[1][1].time_stack[0].attn_text.to_out[0].weight.any()
 
 
 def test_insertion_is_seeded_and_leaves_global_rng_alone():

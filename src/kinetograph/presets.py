@@ -145,6 +145,9 @@ MINI256_MODEL = SVDConfig(
         # layer, a bias only through later gating (ADM's choice; stage 2 reached a lower loss with
         # it, but no run has yet learned the direction either way: docs/model-card.md).
         scale_shift_norm=True,
+        # The temporal blocks read the caption too: only there do the features know their frame,
+        # and a move's direction is what changes from frame to frame (docs/model-card.md, v4).
+        temporal_text=True,
     ),
     # 8 GroupNorm groups (4 channels each at width 32): with SVD's 32, each norm would remove
     # every channel's mean, and the decoder could not carry an image's colours. Six shift-smooth

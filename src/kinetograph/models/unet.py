@@ -18,8 +18,9 @@ Frames are folded into the batch, ((b t), c, h, w), frames fastest; temporal lay
 
 Text (optional, `UNetConfig.text_dim > 0`; absent from the official layout): every spatial
 transformer block gets a cross-attention to the text tokens (`attn_text`, `norm_text`) after its
-image cross-attention, and a pooled text vector joins the time embedding (`text_emb`). Both output
-projections start at zero, so adding text to an image-only checkpoint leaves its output unchanged
+image cross-attention, and a pooled text vector joins the time embedding (`text_emb`). With
+`UNetConfig.temporal_text` the temporal transformer blocks (`time_stack`) get the same pair, where
+each query also knows its frame index. All output projections start at zero, so adding text to an image-only checkpoint leaves its output unchanged
 until training moves them; a sample without text (dropped, or the unconditional branch) skips them.
 """
 
@@ -65,6 +66,11 @@ class UNetConfig:
     # instead of a bias (`layers.ResBlock`): conditioning can then flip or gate features, e.g. let
     # a caption choose the direction of a camera move. False in the official network.
     scale_shift_norm: bool = False
+    # The temporal transformer blocks also cross-attend to the text tokens (`time_stack.N.attn_text`).
+    # There each query carries its frame index, so a word can set what changes from frame to frame
+    # (a camera move's direction) in one layer; the spatial blocks see one frame at a time and know
+    # neither. Needs a text branch; False in the official network.
+    temporal_text: bool = False
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -89,6 +95,8 @@ class UNetConfig:
                 raise ValueError(f"width {w} is not a multiple of num_head_channels {self.num_head_channels}")
         if self.text_dim < 0:
             raise ValueError(f"text_dim must be >= 0 (0 = no text branch), got {self.text_dim}")
+        if self.temporal_text and not self.text_dim:
+            raise ValueError("temporal_text needs a text branch: set text_dim to the text encoder's width")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
 
@@ -236,7 +244,7 @@ class VideoTransformerBlock(nn.Module):
     the first frame's, repeated over pixels (SVD's `use_spatial_context`).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, text_dim: int = 0):
         super().__init__()
         # Registration order is the checkpoint's: norm_in, ff_in, attn1, ff, norm2, attn2, norm1, norm3.
         self.norm_in = nn.LayerNorm(dim)
@@ -247,9 +255,15 @@ class VideoTransformerBlock(nn.Module):
         self.attn2 = Attention(dim, heads, dim_head, context_dim=context_dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        # The optional text branch (UNetConfig.temporal_text; not in the official layout).
+        self.attn_text = TextCrossAttention(dim, heads, dim_head, text_dim) if text_dim else None
+        self.norm_text = nn.LayerNorm(dim) if text_dim else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
-        # x ((b t), s, c); context (b, n, context_dim), the first frame's, shared by all pixels
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, num_frames: int, text: TextContext | None = None
+    ) -> torch.Tensor:
+        # x ((b t), s, c); context (b, n, context_dim), the first frame's, shared by all pixels;
+        # text ((b t), n, text_dim) rows, one caption per video
         b, s = x.shape[0] // num_frames, x.shape[1]
         x = rearrange(x, "(b t) s c -> (b s) t c", t=num_frames)
         x = self.ff_in(self.norm_in(x)) + x
@@ -262,6 +276,13 @@ class VideoTransformerBlock(nn.Module):
             x = rearrange(x, "b s t c -> (b s) t c")
         else:
             x = self.attn2(self.norm2(x), repeat(context, "b n d -> (b s) n d", s=s)) + x
+        if self.attn_text is not None and text is not None:
+            # Each pixel's row of frames attends to its video's caption (the first frame's row).
+            per_pixel = TextContext(
+                tokens=repeat(text.tokens[::num_frames], "b n d -> (b s) n d", s=s),
+                mask=repeat(text.mask[::num_frames], "b n -> (b s) n", s=s),
+            )
+            x = self.attn_text(self.norm_text(x), per_pixel) + x
         x = self.ff(self.norm3(x)) + x
         return rearrange(x, "(b s) t c -> (b t) s c", s=s)
 
@@ -273,7 +294,16 @@ class SpatialVideoTransformer(nn.Module):
     an MLP on its sinusoidal embedding) added to its input.
     """
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, text_dim: int = 0):
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int,
+        context_dim: int,
+        text_dim: int = 0,
+        temporal_text: bool = False,
+    ):
         super().__init__()
         assert heads * dim_head == channels, "the frame-index embedding is added at the block width"
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
@@ -283,7 +313,8 @@ class SpatialVideoTransformer(nn.Module):
         )
         self.proj_out = zero_module(nn.Linear(channels, channels))
         self.time_stack = nn.ModuleList(
-            VideoTransformerBlock(channels, heads, dim_head, context_dim) for _ in range(depth)
+            VideoTransformerBlock(channels, heads, dim_head, context_dim, text_dim if temporal_text else 0)
+            for _ in range(depth)
         )
         self.time_pos_embed = nn.Sequential(
             nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
@@ -313,7 +344,7 @@ class SpatialVideoTransformer(nn.Module):
 
         for block, temporal_block in zip(self.transformer_blocks, self.time_stack, strict=True):
             x = block(x, context, text)
-            x_temporal = temporal_block(x + frame_emb, time_context, num_frames)
+            x_temporal = temporal_block(x + frame_emb, time_context, num_frames, text)
             x = self.time_mixer(x, x_temporal, image_only_indicator, pattern="b t -> (b t) 1 1")
 
         x = self.proj_out(x)
@@ -374,7 +405,8 @@ class VideoUNet(nn.Module):
 
         def transformer(ch: int) -> SpatialVideoTransformer:
             return SpatialVideoTransformer(
-                ch, cfg.num_heads(ch), cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim, cfg.text_dim
+                ch, cfg.num_heads(ch), cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim, cfg.text_dim,
+                cfg.temporal_text,
             )
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

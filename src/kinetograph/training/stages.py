@@ -74,7 +74,7 @@ def insert_temporal_layers(unet: VideoUNet, seed: int = 0) -> int:
 
     Each temporal branch gets fresh default weights, then its last projection is zeroed, so the
     branch returns its input: a temporal ResBlock's out conv (identity skip remains), a temporal
-    transformer block's ff_in / attn1 / attn2 / ff output layers (residuals remain), and the
+    transformer block's ff_in / attn1 / attn2 / ff (/ attn_text) output layers (residuals remain), and the
     frame-index embedding's last Linear. Then x_temporal == x_spatial and the blend
     alpha * x + (1 - alpha) * x is x for any alpha (mix_factor back to sgm's 0.5). Gradients still
     reach every temporal parameter through the zeroed layers after the first step, as with
@@ -94,7 +94,10 @@ def insert_temporal_layers(unet: VideoUNet, seed: int = 0) -> int:
         elif last == "time_pos_embed":
             _zero(module[-1])
         elif isinstance(module, VideoTransformerBlock):
-            for layer in (module.ff_in.net[-1], module.attn1.to_out[0], module.attn2.to_out[0], module.ff.net[-1]):
+            layers = [module.ff_in.net[-1], module.attn1.to_out[0], module.attn2.to_out[0], module.ff.net[-1]]
+            if module.attn_text is not None:
+                layers.append(module.attn_text.to_out)
+            for layer in layers:
                 _zero(layer)
     return sum(p.numel() for n, p in unet.named_parameters() if is_temporal(n))
 
