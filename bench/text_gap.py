@@ -10,6 +10,10 @@ loss at that sigma) for:
   - opposite: the caption with its move swapped (left <-> right, in <-> out, push in <-> pull back);
   - static:   no model: every frame is the first frame's latent (a video that does not move).
 A model that ignores the text has opposite == caption; the gap is what the caption buys.
+
+With --motion the denoiser's predictions (caption and opposite) are also decoded and their camera
+motion measured by optical flow, as the evaluation does: how many of them move the way their
+caption says. Direction is decided at high noise, where the noisy clip no longer shows it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from einops import rearrange
 
 from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
+from kinetograph.eval.motion import camera_motion
 from kinetograph.eval.prompts import expected_motion
 from kinetograph.io.checkpoint import load_checkpoint
 from kinetograph.io.safetensors import load_state_dict
@@ -29,7 +34,7 @@ from kinetograph.training.config import load_config
 from kinetograph.training.data import make_loader
 from kinetograph.training.loop import build_model
 from kinetograph.training.rng import SampleRNG
-from kinetograph.training.stages import make_stage, unet_network
+from kinetograph.training.stages import make_stage, to_uint8, unet_network
 
 SIGMAS = (0.5, 2.0, 8.0, 32.0)
 OPPOSITE = {"push in": "pull back", "pull back": "push in", "leftward": "rightward", "rightward": "leftward",
@@ -51,6 +56,21 @@ def opposite(caption: str) -> str | None:
     return text
 
 
+def follows_caption(model, pred: torch.Tensor, num_frames: int, captions: list[str], verbose: bool) -> list[bool]:
+    """Decode each predicted clip ((b t), c, h, w) and check its measured camera motion against its caption."""
+    vae = model.vae
+    clips = rearrange(pred, "(b t) c h w -> b t c h w", t=num_frames)
+    out = []
+    for clip, caption in zip(clips, captions, strict=True):
+        pixels = vae.decode(clip / vae.cfg.scale_factor, num_frames=num_frames, chunk_size=num_frames)
+        motion = camera_motion(to_uint8(pixels))
+        if verbose:
+            print(f"    {caption[:40]:40s} -> {motion.label.value:8s} t ({motion.translation[0]:+.2f}, "
+                  f"{motion.translation[1]:+.2f}) zoom {motion.zoom_speed:.2f}")
+        out.append(motion.label.value == str(expected_motion(caption)))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+",
@@ -58,9 +78,14 @@ def main() -> int:
     ap.add_argument("--config", required=True, help="a training config: its data, size and frames")
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--sigmas", default=",".join(str(s) for s in SIGMAS), help="comma-separated noise levels")
+    ap.add_argument("--motion", action="store_true",
+                    help="also decode the predictions and count those that move the way their caption says")
+    ap.add_argument("--per-clip", action="store_true", help="with --motion: print each prediction's measured motion")
     ap.add_argument("--size", type=int, default=0,
                     help="frames resized to this size, whole (default: the config's size, and its crop if it has one)")
     args = ap.parse_args()
+    sigmas = [float(s) for s in args.sigmas.split(",")]
     torch.set_num_threads(2)
     overrides = [f"data.batch_size={args.batch_size}", "data.cache_latents=false", "data.color_augment=false"]
     if args.size:
@@ -100,17 +125,29 @@ def main() -> int:
                 first = rearrange(x0, "(b t) c h w -> b t c h w", t=t)[:, :1]
                 static = first.expand(-1, t, -1, -1, -1).reshape(x0.shape)
                 noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(bi))
-                for s in SIGMAS:
+                if args.motion:  # the measurement itself, on the clips' own latents
+                    res.setdefault((0.0, "data_moves"), []).extend(follows_caption(model, x0, t, batch["caption"], False))
+                for s in sigmas:
                     sigma = torch.full((x0.shape[0],), s)
                     weight = 1 / scalings(sigma)[1][0] ** 2
                     noised = x0 + s * noise
                     for name, pred in (("caption", den(noised, sigma, true.cond)),
                                        ("opposite", den(noised, sigma, wrong.cond)), ("static", static)):
                         res.setdefault((s, name), []).append(float(weight * (pred - x0).square().mean()))
+                        if args.motion and name != "static":
+                            captions = batch["caption"] if name == "caption" else swapped["caption"]
+                            res.setdefault((s, name + "_moves"), []).extend(
+                                follows_caption(model, pred, t, captions, args.per_clip))
         print(path)
-        for s in SIGMAS:
+        if args.motion:
+            print(f"  the clips themselves (decoded latents) move as captioned: {np.mean(res[(0.0, 'data_moves')]):.0%}")
+        for s in sigmas:
             c, o, st = (np.mean(res[(s, n)]) for n in ("caption", "opposite", "static"))
-            print(f"  sigma {s:>4}: {c:.4f} / {o:.4f} / {st:.4f}   opposite costs {(o - c) / c:+.0%}")
+            line = f"  sigma {s:>4}: {c:.4f} / {o:.4f} / {st:.4f}   opposite costs {(o - c) / c:+.1%}"
+            if args.motion:
+                line += "   predictions moving as captioned: {:.0%} / {:.0%}".format(
+                    *(np.mean(res[(s, n)]) for n in ("caption_moves", "opposite_moves")))
+            print(line)
     return 0
 
 

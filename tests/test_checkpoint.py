@@ -226,26 +226,19 @@ def test_image_anchor_survives_the_original_file_and_refuses_diffusers(tiny_mode
     assert not (tmp_path / "d").exists()
 
 
-def test_scale_shift_unet_round_trips_in_the_original_file_and_refuses_diffusers(tmp_path):
+@pytest.mark.parametrize(
+    "preset,option,refusal",
+    [("tiny", "scale_shift_norm", "scale-shift .* no diffusers equivalent"),
+     ("tiny_text", "temporal_text", "text-conditioned .* no diffusers equivalent")],
+)
+def test_unet_options_round_trip_in_the_original_file_and_refuse_diffusers(tmp_path, preset, option, refusal):
     from dataclasses import replace
 
-    base = PRESETS["tiny"].model
-    model = randomize_(SVD(replace(base, unet=replace(base.unet, scale_shift_norm=True))), seed=1)
-    loaded = load_checkpoint(save_original(model, tmp_path / "s.safetensors", "tiny")).model
-    assert loaded.cfg.unet.scale_shift_norm
+    base = PRESETS[preset].model
+    model = randomize_(SVD(replace(base, unet=replace(base.unet, **{option: True}))), seed=1)
+    loaded = load_checkpoint(save_original(model, tmp_path / "s.safetensors", preset)).model
+    assert getattr(loaded.cfg.unet, option)
     got, want = state(loaded), state(model)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    with pytest.raises(CheckpointError, match="scale-shift .* no diffusers equivalent"):
-        save_diffusers(model, tmp_path / "d", "tiny")
-
-
-def test_temporal_text_unet_round_trips_in_the_original_file(tmp_path):
-    from dataclasses import replace
-
-    base = PRESETS["tiny_text"].model
-    model = randomize_(SVD(replace(base, unet=replace(base.unet, temporal_text=True))), seed=2)
-    loaded = load_checkpoint(save_original(model, tmp_path / "t.safetensors", "tiny_text")).model
-    assert loaded.cfg.unet.temporal_text
-    got, want = state(loaded), state(model)
-    assert any(".time_stack.0.attn_text." in k for k in want)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(CheckpointError, match=refusal):
+        save_diffusers(model, tmp_path / "d", preset)
