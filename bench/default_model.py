@@ -11,8 +11,9 @@ Steps:
   1. kinetograph data build --recipe default_model    (1716 camera clips, 256x256 x 14 frames)
      kinetograph data build --recipe default_model_hq (the finetuning set: 260 clips, 20 scenes)
   2. kinetograph train --config configs/default_model/C.toml for C = vae, image (stage 1),
-     video (stage 2), finetune (stage 3a, 128x128) and finetune_hq (stage 3b, 256x256 on the
-     finetuning set), each from the previous export. A run that stopped resumes (--resume).
+     video (stage 2), finetune_low and finetune (stage 3a at 64x64, then 128x128 windows) and
+     finetune_hq (stage 3b, 256x256 on the finetuning set), each from the previous export. A run
+     that stopped resumes (--resume).
   3. Ship: the stage-3b export (EMA weights) in float16 -> src/kinetograph/models/assets/, its
      SHA-256 written into kinetograph/default_model.py.
   4. kinetograph eval on the held-out photos with the suites default_model_text (prompt wordings
@@ -38,7 +39,8 @@ KG = [sys.executable, "-m", "kinetograph.cli"]
 RUNS = ROOT / "runs" / "default_model"
 DATA = {"default_model": ROOT / "data" / "default_model", "default_model_hq": ROOT / "data" / "default_model_hq"}
 # Training runs in order: config name -> its stage.
-STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune": "finetune", "finetune_hq": "finetune"}
+STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "finetune", "finetune": "finetune",
+          "finetune_hq": "finetune"}
 SUITES = ("default_model_text", "default_model_buckets")
 REPORT = ROOT / "docs" / "default_model_report.json"
 
