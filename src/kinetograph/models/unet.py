@@ -20,8 +20,9 @@ Text (optional, `UNetConfig.text_dim > 0`; absent from the official layout): eve
 transformer block gets a cross-attention to the text tokens (`attn_text`, `norm_text`) after its
 image cross-attention, and a pooled text vector joins the time embedding (`text_emb`). With
 `UNetConfig.temporal_text` the temporal transformer blocks (`time_stack`) get the same pair, where
-each query also knows its frame index. All output projections start at zero, so adding text to an image-only checkpoint leaves its output unchanged
-until training moves them; a sample without text (dropped, or the unconditional branch) skips them.
+each query also knows its frame index. All output projections start at zero, so adding text to an
+image-only checkpoint leaves its output unchanged until training moves them; a sample without
+text (dropped, or the unconditional branch) skips them.
 """
 
 from __future__ import annotations
