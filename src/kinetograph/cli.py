@@ -90,7 +90,7 @@ def generate(
     max_guidance: Annotated[float | None, typer.Option("--max-guidance", help="Guidance scale of the last frame.")] = None,
     guidance_ramp: Annotated[str, typer.Option("--guidance-ramp", help="linear or triangle.")] = "linear",
     decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun or dpmpp_2m.")] = "euler",
+    sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun, dpmpp_2m or euler_ancestral (stochastic, seeded).")] = "euler",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 23,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 (UNet and CLIP).")] = "float32",

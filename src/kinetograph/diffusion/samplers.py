@@ -1,13 +1,16 @@
-"""ODE samplers for the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
+"""Samplers: ODE solvers for the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, and
+one stochastic (ancestral) sampler of the reverse SDE.
 
 Each sampler is a small stateless function over a denoiser callable (x, sigma) -> D, with
 conditioning and guidance already closed over (see `guidance.GuidedDenoiser`). They are blind
 to the prediction type and never import a model. `sigmas` is a descending grid ending in 0
 (`schedules.karras_sigmas`); x starts as noise at sigmas[0]. Arithmetic follows x's dtype.
+Stochastic samplers (`STOCHASTIC`) also take `generator=`, the source of their fresh noise.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -127,10 +130,61 @@ def sample_dpmpp_2m(
     return x
 
 
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up): step the ODE down to sigma_down, then add fresh noise of std sigma_up.
+
+    sigma_down^2 + sigma_up^2 = sigma_to^2, so the marginal noise level lands on sigma_to. With
+    eta = 1 this is the DDPM posterior (Ho et al. 2020) in sigma form; eta = 0 is the plain ODE step.
+    """
+    if sigma_to == 0:
+        return 0.0, 0.0
+    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
+    return math.sqrt(sigma_to**2 - sigma_up**2), sigma_up
+
+
+@torch.no_grad()
+def sample_euler_ancestral(
+    denoiser: DenoiserFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 1.0,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Euler ancestral steps (k-diffusion `sample_euler_ancestral`, diffusers' EulerAncestral).
+
+    Each step forgets part of the noise it carried and draws it afresh, so a trajectory that took
+    a poor turn early is pulled back toward the data rather than carried along, at the price of a
+    result that depends on `generator` as well as on the initial noise. The last step returns D.
+    """
+    if eta < 0:
+        raise InputError(f"eta must be >= 0, got {eta}")
+    sigmas, values = _prepare(sigmas, x)
+    n = len(values) - 1
+    for i in range(n):
+        denoised = denoiser(x, sigmas[i])
+        if values[i + 1] == 0:
+            x = denoised
+        else:
+            sigma_down, sigma_up = ancestral_step(values[i], values[i + 1], eta)
+            d = (x - denoised) / sigmas[i]
+            x = x + (sigma_down - sigmas[i]) * d
+            if sigma_up > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x + noise * sigma_up
+        if callback is not None:
+            callback(i, n, x, denoised)
+    return x
+
+
 Sampler = Callable[..., torch.Tensor]
 
 SAMPLERS: dict[str, Sampler] = {
     "euler": sample_euler,
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
+    "euler_ancestral": sample_euler_ancestral,
 }
+# Samplers that draw fresh noise at each step: they take generator=.
+STOCHASTIC: frozenset[str] = frozenset({"euler_ancestral"})

@@ -29,7 +29,7 @@ from einops import rearrange
 from kinetograph.conditioning import Cond, make_cond, micro_conditioning, steer_toward_text
 from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
 from kinetograph.diffusion.guidance import GuidedDenoiser, TextImageGuidedDenoiser, linear_ramp, triangle_ramp
-from kinetograph.diffusion.samplers import SAMPLERS
+from kinetograph.diffusion.samplers import SAMPLERS, STOCHASTIC
 from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
 from kinetograph.errors import CheckpointError, InputError
 from kinetograph.io.checkpoint import load_checkpoint
@@ -209,7 +209,9 @@ class ImageToVideo:
             if callback is not None:
                 callback(i + 1, n)
 
-        x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step)
+        # A stochastic sampler continues the seeded generator, so its video is as reproducible.
+        extra = {"generator": generator} if sampler in STOCHASTIC else {}
+        x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step, **extra)
         if output_type == "latent":
             return rearrange(x, "(b t) c h w -> b t c h w", t=num_frames)
         frames = self.decode(x, num_frames, chunk)
