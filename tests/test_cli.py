@@ -134,6 +134,15 @@ def test_eval_generates_with_the_checkpoint_and_writes_report(checkpoint, tmp_pa
     cases = report["cases"]
     assert len(cases) == 2 and all(c["status"] == "ok" for c in cases), cases
     assert (tmp_path / "r" / "report.html").is_file()
+    # generation options: the videos are made at the size asked for (the preset's is 64x64)
+    code, err = run(["eval", "--checkpoint", str(checkpoint), "--suite", str(suite), "-o", str(tmp_path / "r2"),
+                     "--width", "128", "--steps", "2", "--sampler", "euler_ancestral"], capsys)
+    assert code == 0, err
+    from kinetograph.eval.clips import read_video
+
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["settings"]["generation"] == {"width": 128, "num_inference_steps": 2, "sampler": "euler_ancestral"}
+    assert read_video(tmp_path / "r2" / report["cases"][0]["video"]).shape[1:3] == (64, 128)
 
 
 def test_info_reports_layout_preset_and_sizes(checkpoint, capsys):

@@ -199,8 +199,8 @@ def test_cli_command(tmp_path):
     app = typer.Typer()
     made = []
 
-    def factory(checkpoint: Path):
-        made.append(checkpoint)
+    def factory(checkpoint: Path, settings: dict):
+        made.append((checkpoint, settings))
         return fake_generate()
 
     app.command("eval")(make_eval_cli(factory))
@@ -212,8 +212,20 @@ def test_cli_command(tmp_path):
         ["eval", "--checkpoint", "m.safetensors", "--suite", str(suite), "-o", str(tmp_path / "r")],
     )
     assert result.exit_code == 0, result.output
-    assert made == [Path("m.safetensors")] and "motion accuracy 1.00" in result.output
+    assert made == [(Path("m.safetensors"), {})] and "motion accuracy 1.00" in result.output
     assert (tmp_path / "r" / "report.html").is_file()
+    # generation options reach the generator, under the pipeline's names, and the report
+    result = runner.invoke(
+        app,
+        ["eval", "--checkpoint", "m.safetensors", "--suite", str(suite), "-o", str(tmp_path / "r2"),
+         "--height", "64", "--width", "96", "--steps", "6", "--sampler", "heun", "--text-guidance", "2.5"],
+    )
+    assert result.exit_code == 0, result.output
+    settings = dict(height=64, width=96, num_inference_steps=6, sampler="heun", text_guidance_scale=2.5)
+    assert made[-1] == (Path("m.safetensors"), settings)
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["settings"]["generation"] == settings
+    result = runner.invoke(app, ["eval", "--videos", str(tmp_path), "--steps", "4", "-o", str(tmp_path / "r5")])
+    assert isinstance(result.exception, InputError) and "--videos" in str(result.exception)
     result = runner.invoke(app, ["eval", "-o", str(tmp_path / "r3")])
     assert isinstance(result.exception, InputError) and "--checkpoint" in str(result.exception)
     no_generation = typer.Typer()

@@ -218,16 +218,18 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or dif
         typer.echo(f"{name}: {n:,} parameters")
 
 
-def _make_generate_fn(checkpoint: Path):
-    """The generator `kinetograph eval` uses: the checkpoint with its preset's sampling defaults."""
+def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
+    """The generator `kinetograph eval` uses: the checkpoint with its preset's sampling defaults,
+    overridden by `settings` (ImageToVideo arguments: height, width, num_inference_steps, ...)."""
     from kinetograph.pipeline.image_to_video import ImageToVideo
 
     pipe = ImageToVideo.from_checkpoint(checkpoint, device=_device("auto"))
+    settings = dict(settings or {})
 
     def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
-            return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed).frames
+            return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed, **settings).frames
 
     return generate_fn
 

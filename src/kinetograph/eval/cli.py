@@ -4,7 +4,10 @@ Generation is injected: `eval_command` takes `generate_fn(image_path, prompt, mo
 seed) -> uint8 (t, h, w, 3)`, so this module never imports the pipeline. `make_eval_cli` wraps
 it as a Typer command; the top-level CLI registers it with its own generator factory:
 
-    app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint) -> fn
+    app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint, settings) -> fn
+
+`settings` holds only the generation options the user set (height, width, steps, sampler,
+text_guidance_scale), under the pipeline's argument names; the rest are the preset's defaults.
 
 Importing this module is cheap: OpenCV, scikit-image, matplotlib and torch load only when
 `eval_command` runs, so `kinetograph --help` stays fast.
@@ -122,6 +125,7 @@ def eval_command(
     flow_cfg: FlowConfig | None = None,  # None: FlowConfig()
     motion_cfg: MotionConfig | None = None,  # None: MotionConfig()
     device: str = "cpu",  # for I3D
+    generation: dict[str, Any] | None = None,  # the generation settings used, recorded in the report
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Score every case of a suite and write out/report.json and out/report.html.
@@ -308,7 +312,7 @@ def eval_command(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "source": "videos" if videos is not None else "generated",
         "videos_dir": str(videos) if videos is not None else None,
-        "settings": {"flow": asdict(flow_cfg), "motion": asdict(motion_cfg)},
+        "settings": {"flow": asdict(flow_cfg), "motion": asdict(motion_cfg), "generation": generation or {}},
         "cases": cases,
         "summary": {
             "n_evaluated": len(ok),
@@ -334,10 +338,10 @@ def eval_command(
 
 
 def make_eval_cli(
-    make_generate_fn: Callable[[Path], GenerateFn] | None = None,
+    make_generate_fn: Callable[[Path, dict[str, Any]], GenerateFn] | None = None,
 ) -> Callable[..., None]:
-    """The `kinetograph eval` Typer command; `make_generate_fn(checkpoint)` builds the generator
-    (None: only `--videos` works)."""
+    """The `kinetograph eval` Typer command; `make_generate_fn(checkpoint, settings)` builds the
+    generator (None: only `--videos` works)."""
 
     def eval_cli(
         out: Annotated[Path, typer.Option("-o", "--out", help="Report folder (created).")],
@@ -375,6 +379,22 @@ def make_eval_cli(
             bool, typer.Option("--allow-pickle", help="Accept a pickle --clip file (loaded weights-only).")
         ] = False,
         device: Annotated[str, typer.Option("--device", help="Device for I3D and CLIP.")] = "cpu",
+        height: Annotated[
+            int | None, typer.Option("--height", help="Generated height; default: the checkpoint's preset.")
+        ] = None,
+        width: Annotated[
+            int | None, typer.Option("--width", help="Generated width; default: the checkpoint's preset.")
+        ] = None,
+        steps: Annotated[
+            int | None, typer.Option("--steps", help="Sampler steps; default: the checkpoint's preset.")
+        ] = None,
+        sampler: Annotated[
+            str | None, typer.Option("--sampler", help="euler, heun, dpmpp_2m or euler_ancestral; default: euler.")
+        ] = None,
+        text_guidance: Annotated[
+            float | None,
+            typer.Option("--text-guidance", help="Text guidance scale (text-conditioned models); default: the preset's."),
+        ] = None,
     ) -> None:
         """Generate (or read) a suite's videos, measure them, write report.json and report.html."""
         clip = None
@@ -382,6 +402,11 @@ def make_eval_cli(
             from kinetograph.eval.clip_loader import load_clip_embedders
 
             clip = load_clip_embedders(clip_weights, allow_pickle=allow_pickle, device=device)
+        options = dict(height=height, width=width, num_inference_steps=steps, sampler=sampler,
+                       text_guidance_scale=text_guidance)
+        generation = {k: v for k, v in options.items() if v is not None}
+        if videos is not None and generation:
+            raise InputError(f"--videos scores existing videos; drop the generation options ({', '.join(generation)})")
         generate_fn = None
         if videos is None:
             if checkpoint is None:
@@ -392,7 +417,7 @@ def make_eval_cli(
                 raise InputError(
                     "this build cannot generate videos; pass --videos DIR to score existing ones"
                 )
-            generate_fn = make_generate_fn(checkpoint)
+            generate_fn = make_generate_fn(checkpoint, generation)
         report = eval_command(
             checkpoint,
             suite,
@@ -403,6 +428,7 @@ def make_eval_cli(
             fvd_reference=fvd_reference,
             clip=clip,
             device=device,
+            generation=generation,
             log=lambda msg: typer.echo(msg, err=True),
         )
         summary = report["summary"]
