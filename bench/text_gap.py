@@ -87,7 +87,8 @@ def main() -> int:
     args = ap.parse_args()
     sigmas = [float(s) for s in args.sigmas.split(",")]
     torch.set_num_threads(2)
-    overrides = [f"data.batch_size={args.batch_size}", "data.cache_latents=false", "data.color_augment=false"]
+    overrides = [f"data.batch_size={args.batch_size}", "data.cache_latents=false", "data.color_augment=false",
+                 "data.paraphrase_captions=false"]  # opposite() reads the build-time captions
     if args.size:
         overrides += [f"data.height={args.size}", f"data.width={args.size}", "data.crop=0"]
     cfg = load_config(args.config, overrides=overrides)

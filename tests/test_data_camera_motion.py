@@ -91,3 +91,37 @@ def test_zoom_speed_is_capped_and_recorded():
     up = cv2.resize(centre, (w, h), interpolation=cv2.INTER_LINEAR).astype(float)
     corr = np.corrcoef(up.ravel(), frames[-1].astype(float).ravel())[0, 1]
     assert corr > 0.8
+
+
+def _suite_prompts() -> list[str]:
+    import json
+    from importlib import resources
+
+    suites = resources.files("kinetograph.eval") / "suites"
+    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json")
+            for p in json.loads((suites / name).read_text())["prompts"]]
+
+
+def test_paraphrases_name_their_move_and_leave_the_evaluation_wordings_unseen():
+    """Each paraphrase names its move unambiguously for the evaluation's own prompt parser; none
+    uses a held-out suite wording, nor its telltale words; the grammar is far wider than the
+    build-time templates (4 per move)."""
+    from kinetograph.eval.prompts import expected_motion
+
+    want = {"static": "static", "pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
+            "zoom_in": "zoom_in", "zoom_out": "zoom_out"}
+    held_out = {p.lower() for p in _suite_prompts()}
+    telltale = ("drift", "angles", "sky", "ground", "closer", "stays", "motionless", "perfectly", "fixed", "side",
+                "show more", "away")
+    rng = np.random.default_rng(0)
+    for kind in cm.MOTIONS:
+        seen = set()
+        for i in range(1500):
+            speed_class = "static" if kind == "static" else ("slow", "fast")[i % 2]
+            text = cm.paraphrase(kind, speed_class, "a red car", rng)
+            seen.add(text)
+            parsed = expected_motion(text)
+            assert parsed is not None and parsed.value == want[kind], (kind, text)
+            assert text.lower().rstrip(".") not in held_out
+            assert not any(w in text.lower() for w in telltale), text
+        assert len(seen) >= (10 if kind == "static" else 100), (kind, len(seen))

@@ -86,6 +86,39 @@ def test_dataset_reproducible_and_epoch_changes_sampling(tiny: Path):
     assert len(crops) > 1  # random crops/flips differ across epochs
 
 
+def test_paraphrased_captions_change_with_the_epoch_and_keep_the_move(tiny: Path):
+    """data.paraphrase_captions: camera clips get a new caption of their own move each epoch,
+    reproducibly, with the frames unchanged; other kinds keep their caption."""
+    from kinetograph.eval.prompts import expected_motion
+
+    plain = ClipDataset(tiny, SampleConfig(num_frames=4, fps=4.0, height=32, width=32), seed=2)
+    cfg = SampleConfig(num_frames=4, fps=4.0, height=32, width=32, paraphrase_captions=True)
+    a, b = ClipDataset(tiny, cfg, seed=2), ClipDataset(tiny, cfg, seed=2)
+    moving = [k for k, r in enumerate(a.rows) if r["kind"] == "camera" and r["move"]["kind"] != "static"]
+    assert moving
+    names = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down"}
+    for i in moving:
+        captions = set()
+        for epoch in range(4):
+            a.set_epoch(epoch), b.set_epoch(epoch), plain.set_epoch(epoch)
+            item, again, unchanged = a[i], b[i], plain[i]
+            assert item["caption"] == again["caption"]
+            assert torch.equal(item["video"], unchanged["video"])
+            kind = a.rows[i]["move"]["kind"]
+            assert expected_motion(item["caption"]).value == names.get(kind, kind), item["caption"]
+            captions.add(item["caption"])
+        assert len(captions) > 1
+    other = next(k for k, r in enumerate(a.rows) if r["kind"] != "camera")
+    assert a[other]["caption"] == plain[other]["caption"]
+    # a manifest from before subjects were recorded: a clear error, not a KeyError mid-training
+    old = tiny.parent / "old"
+    old.mkdir(exist_ok=True)
+    rows = [{k: v for k, v in r.items() if k != "subject"} for r in a.rows]
+    (old / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="rebuild"):
+        ClipDataset(old, cfg)
+
+
 def test_dataset_filters_kinds_and_video_frames_match_shard(tiny: Path):
     cfg = SampleConfig(num_frames=6, fps=8.0, height=64, width=96, kinds=("camera",), random_crop=False)
     ds = ClipDataset(tiny, cfg)

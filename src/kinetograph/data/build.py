@@ -159,7 +159,7 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
                 "num_frames": len(clip.frames), "motion_score": round(clip.move.speed, 4),
                 "motion_bucket": bucket_map.bucket(clip.move.speed),
                 "move": {"kind": clip.move.kind, "speed": round(clip.move.speed, 4), "speed_class": clip.speed_class},
-                "photo": clip.photo,
+                "photo": clip.photo, "subject": clip.subject,
             }
             shard = writer.write(clip.key, {"mp4": encode_mp4_bytes(clip.frames, clip.fps), "json": meta})
             rows.append({**meta, "shard": f"camera/{shard}"})

@@ -59,6 +59,7 @@ class CameraClip:
     move: CameraMove
     speed_class: str  # "static", "slow" or "fast"
     photo: str
+    subject: str = ""  # the phrase the caption names the scene with (for `paraphrase`)
 
 
 def _mean_radius(width: int, height: int) -> float:
@@ -180,6 +181,75 @@ def caption_for(kind: str, speed_class: str, subject: str, rng: np.random.Genera
     return template.format(s=subject, S=subject[0].upper() + subject[1:], adv=adv, adj=adj)
 
 
+# A wider grammar for `paraphrase`: which verb, direction phrase and sentence shape a caption uses
+# is drawn anew each time a clip is served, so that a model learns the move from the words that
+# name it, not from four fixed sentences. It leaves out every wording of the evaluation suites
+# (eval/suites/default_model_*.json: "drifts", "angles", "toward the sky", "closer", "stays",
+# "motionless", ...), so their prompts stay unseen.
+_SUBJECTS = ("The camera", "The view", "The shot")
+_PAN_VERBS = ("pans", "tracks", "trucks", "slides", "glides", "travels", "moves", "sweeps", "swings", "turns", "shifts")
+_TILT_VERBS = ("tilts", "cranes", "booms", "moves", "slides", "shifts", "pans", "travels")
+_DIR_PHRASES = {
+    "left": ("left", "to the left", "leftward", "leftwards"),
+    "right": ("right", "to the right", "rightward", "rightwards"),
+    "up": ("up", "upward", "upwards"),
+    "down": ("down", "downward", "downwards"),
+}
+_RISE_DROP = {"up": ("rises", "climbs"), "down": ("drops", "sinks", "descends")}
+_GERUNDS = {"pan": ("Panning", "Tracking", "Trucking", "Dollying"), "tilt": ("Tilting", "Booming")}
+_NOUNS = {"pan": ("pan", "tracking shot", "truck"), "tilt": ("tilt", "crane shot", "boom shot")}
+_ZOOM_IN = ("The camera zooms in{adv} on {s}.", "The camera pushes in{adv} on {s}.", "The camera dollies in{adv} on {s}.",
+            "Zooming in{adv} on {s}.", "{S}, {adj}zoom in.", "A {adj}zoom into {s}.", "The camera moves forward{adv} into {s}.",
+            "A {adj}dolly in on {s}.", "The camera{adv} approaches {s}.")
+_ZOOM_OUT = ("The camera zooms out{adv} from {s}.", "The camera pulls out{adv} from {s}.", "The camera dollies out{adv} from {s}.",
+             "Zooming out{adv} from {s}.", "{S}, {adj}zoom out.", "A {adj}pull back from {s}.", "The view widens out{adv} on {s}.",
+             "The camera pulls back{adv} to reveal {s}.", "A {adj}dolly out from {s}.")
+_STATIC = ("A still shot of {s}.", "{S}, static camera.", "The camera holds steady on {s}.", "A locked-off shot of {s}.",
+           "{S}, shot on a tripod.", "A stationary camera looks at {s}.", "{S}, no camera movement.",
+           "The camera does not move.", "The camera remains static on {s}.", "A static shot of {s}.")
+_MORE_ADVERBS = {"slow": ("slowly", "gently", "gradually", "unhurriedly"), "fast": ("quickly", "rapidly", "swiftly", "briskly")}
+_MORE_ADJECTIVES = {"slow": ("slow", "gentle", "gradual", "leisurely"), "fast": ("fast", "quick", "rapid", "brisk")}
+
+
+def paraphrase(kind: str, speed_class: str, subject: str, rng: np.random.Generator) -> str:
+    """A caption for a move drawn from a wider grammar than `caption_for` (training-time captions).
+
+    Sometimes without its speed word or its subject, sometimes lower case without a full stop,
+    as people type prompts.
+    """
+    pick = lambda options: options[rng.integers(len(options))]  # noqa: E731
+    adv = pick(_MORE_ADVERBS[speed_class]) if speed_class in _MORE_ADVERBS and rng.random() < 0.8 else ""
+    adj = pick(_MORE_ADJECTIVES[speed_class]) if speed_class in _MORE_ADJECTIVES and rng.random() < 0.8 else ""
+    s = subject if rng.random() < 0.7 else "the scene"
+    if kind == "static":
+        text = pick(_STATIC)
+    elif kind.startswith("zoom"):
+        text = pick(_ZOOM_IN if kind == "zoom_in" else _ZOOM_OUT)
+    else:
+        move, direction = kind.split("_")  # pan_left, tilt_up, ...
+        dir_phrase = pick(_DIR_PHRASES[direction])
+        prep = pick(("across", "over")) if move == "pan" else pick(("over", "along"))
+        shape = int(rng.integers(6 if move == "tilt" else 5))
+        verb = pick(_PAN_VERBS if move == "pan" else _TILT_VERBS)
+        if shape == 0:
+            text = f"{pick(_SUBJECTS)} {verb}{{adv}} {dir_phrase} {prep} {{s}}."
+        elif shape == 1:
+            text = f"{pick(_SUBJECTS)} {verb} {dir_phrase}{{adv}} {prep} {{s}}."
+        elif shape == 2:
+            text = f"{{S}}, {{adj}}{pick(_NOUNS[move])} {direction}."
+        elif shape == 3:
+            noun = pick(("pan", "tracking shot")) if move == "pan" else "tilt"
+            text = f"A {{adj}}{direction}ward {noun} {prep} {{s}}."
+        elif shape == 4:
+            text = f"{pick(_GERUNDS[move])} {dir_phrase}{{adv}} {prep} {{s}}."
+        else:  # tilts only: the view rises / drops
+            text = f"{pick(('The camera', 'The view'))} {pick(_RISE_DROP[direction])}{{adv}} over {{s}}."
+    text = text.format(s=s, S=s[0].upper() + s[1:], adv=f" {adv}" if adv else "", adj=f"{adj} " if adj else "")
+    if rng.random() < 0.3:
+        text = text.rstrip(".").lower()
+    return text
+
+
 def clip_key_name(photo: str) -> str:
     """A photo's name as it can appear in a shard key (no dots): "bikes.mp4@12" -> "bikes-f12"."""
     return photo.replace(".mp4@", "-f").replace(".", "-")
@@ -221,4 +291,5 @@ def generate(
                         move=move,
                         speed_class=speed_class,
                         photo=photo.name,
+                        subject=subject or name,
                     )

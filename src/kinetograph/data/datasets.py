@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kinetograph.data.camera_motion import paraphrase
 from kinetograph.data.curation.manifest import read_jsonl
 from kinetograph.data.shards import Member, index_shard, read_member
 from kinetograph.errors import InputError
@@ -41,6 +42,9 @@ class SampleConfig:
     flip_images: bool = True  # random horizontal flips, images only
     kinds: tuple[str, ...] = KINDS  # which sample kinds to serve
     require_caption: bool = False  # drop rows without caption (text-conditioned training)
+    # Camera clips: a fresh caption for the clip's move each time it is served
+    # (`camera_motion.paraphrase`), instead of the one fixed at build time.
+    paraphrase_captions: bool = False
 
 
 def sample_indices(num_src: int, src_fps: float, cfg: SampleConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -88,6 +92,9 @@ class ClipDataset(torch.utils.data.Dataset):
             rows = [r for r in rows if r.get("caption")]
         if not rows:
             raise InputError(f"{manifest}: no samples of kinds {cfg.kinds} with shards; build with `kinetograph data build`")
+        if cfg.paraphrase_captions and any(r.get("kind") == "camera" and "subject" not in r for r in rows):
+            raise InputError(f"{manifest}: camera clips without a subject (built by an older version); rebuild it "
+                             "with `kinetograph data build`, or set data.paraphrase_captions = false")
         self.rows = rows
         self._index: dict[str, dict[str, dict[str, Member]]] = {}
 
@@ -124,9 +131,14 @@ class ClipDataset(torch.utils.data.Dataset):
         if ext == "png" and cfg.flip_images and rng.random() < 0.5:
             frames = frames[:, :, ::-1]
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (t, 3, h, w)
+        caption = row.get("caption") or ""
+        if cfg.paraphrase_captions and row.get("kind") == "camera":
+            # its own generator, so that the windows and crops above stay those without paraphrases
+            move = row["move"]
+            caption = paraphrase(move["kind"], move["speed_class"], row["subject"], np.random.default_rng([self.seed, self.epoch, i, 1]))
         return {
             "video": video,
-            "caption": row.get("caption") or "",
+            "caption": caption,
             "fps": float(fps),
             "motion_bucket": int(row.get("motion_bucket") or 0),
             "kind": row.get("kind", "video"),

@@ -67,6 +67,9 @@ class DataConfig:
     # A random permutation of the RGB channels per clip (all its frames), so that a small set of
     # scenes does not teach the model their colours instead of how to carry colour over.
     color_augment: bool = False
+    # Camera clips get a fresh paraphrase of their move's caption each time they are served
+    # (`data.camera_motion.paraphrase`), so the model learns the move, not four sentences.
+    paraphrase_captions: bool = False
     seed: int = 0  # data order, crops, noise: every random draw is a function of (seed, sample position)
 
 

@@ -79,7 +79,8 @@ def collate_positions(items: list[dict]) -> dict:
 
 def sample_config(cfg: TrainConfig, num_frames: int) -> SampleConfig:
     d = cfg.data
-    return SampleConfig(num_frames=num_frames, fps=d.fps, height=d.height, width=d.width, kinds=d.kinds)
+    return SampleConfig(num_frames=num_frames, fps=d.fps, height=d.height, width=d.width, kinds=d.kinds,
+                        paraphrase_captions=d.paraphrase_captions)
 
 
 def make_loader(cfg: TrainConfig, num_frames: int, rank: int, world: int, start_step: int) -> DataLoader:
