@@ -279,3 +279,40 @@ def test_vae_export_can_standardize_each_latent_channel(data: Path, tmp_path: Pa
     std = z.std(dim=(0, 2, 3))
     assert std.max() / std.min() < 2.0  # every channel near one std (the export measured 4 batches)
     assert abs(model.cfg.vae.scale_factor - 1.0) < 0.5  # nothing left for the global factor to do
+
+
+def test_export_of_a_checkpoint_equals_the_runs_own_export(data: Path, tmp_path: Path, capsys):
+    """`kinetograph export RUN --step N`: the last checkpoint's EMA exports to exactly the file the
+    run wrote when it ended; an earlier step's raw weights come out as trained; wrong asks are refused."""
+    from kinetograph.cli import main
+    from kinetograph.training.loop import export_checkpoint
+
+    init = save_original(randomize_(SVD(PRESETS["tiny"].model), seed=3), tmp_path / "init.safetensors", "tiny")
+    out = tmp_path / "run"
+    cfg = tiny_cfg(data, out, "finetune", model={"init": str(init)}, optim={"lr": 1e-2},
+                   run={"max_steps": 4, "ckpt_every": 2, "keep_last": 3, "out_dir": str(out)})
+    (end,) = train(cfg).exports
+    assert main(["export", str(out), "-o", str(tmp_path / "latest")]) == 0
+    assert str(tmp_path / "latest" / "model.safetensors") in capsys.readouterr().out
+    theirs, ours = load_state_dict(end), load_state_dict(tmp_path / "latest" / "model.safetensors")
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert load_checkpoint(tmp_path / "latest" / "model.safetensors").preset == load_checkpoint(end).preset
+
+    (early,) = export_checkpoint(out, step=2, weights="model")
+    assert early == out / "export" / "step-00000002" / "model.safetensors"
+    trained = load_state_dict(out / "checkpoints" / "step-00000002" / "model.safetensors")
+    unet = load_checkpoint(early).model.state_dict()
+    assert all(torch.equal(unet[k], v) for k, v in trained.items())
+    assert not all(torch.equal(unet[k], load_checkpoint(end).model.state_dict()[k]) for k in trained)
+
+    with pytest.raises(InputError, match="has no checkpoint of step 3; it has steps 2, 4"):
+        export_checkpoint(out, step=3)
+    with pytest.raises(InputError, match="choose ema or model"):
+        export_checkpoint(out, weights="best")
+    with pytest.raises(InputError, match="not a training run's folder"):
+        export_checkpoint(tmp_path)
+    save_original(randomize_(SVD(PRESETS["tiny"].model), seed=4), init, "tiny")  # the init file changed since
+    with pytest.raises(InputError, match="differs from the weights the run started from"):
+        export_checkpoint(out)
+    assert main(["export", str(out), "--step", "9"]) == 2
+    assert "error: " in capsys.readouterr().err

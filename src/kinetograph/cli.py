@@ -238,7 +238,7 @@ def _register_subcommands() -> None:
     from kinetograph.data.cli import app as data_app
     from kinetograph.data.cli import curate_command
     from kinetograph.eval.cli import make_eval_cli
-    from kinetograph.training.cli import train_command
+    from kinetograph.training.cli import export_command, train_command
 
     app.command("eval", help="Generate (or read) a suite's videos, score them, write report.json + report.html.")(
         make_eval_cli(_make_generate_fn)
@@ -247,6 +247,9 @@ def _register_subcommands() -> None:
     app.add_typer(data_app, name="data")
     app.command("train", help="Train or finetune a model: --stage vae|image|video|finetune --config FILE.")(
         train_command
+    )
+    app.command("export", help="Export a training run's checkpoint (its EMA by default) as a model file.")(
+        export_command
     )
 
 

@@ -136,6 +136,22 @@ def _fsync_dir(path: Path) -> None:
 
 
 @torch.no_grad()
+def load_weights(file: Path, trainable: dict[str, nn.Parameter]) -> None:
+    """Copy a checkpoint's model.safetensors or ema.safetensors into the run's trained parameters."""
+    weights = load_state_dict(file)
+    missing, unexpected = set(trainable) - set(weights), set(weights) - set(trainable)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: trained parameters differ from this run's ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, e.g. {sorted(missing | unexpected)[:2]}); use the run's own config"
+        )
+    for k, p in trainable.items():
+        if tuple(weights[k].shape) != tuple(p.shape):
+            raise CheckpointError(f"{file}: {k} has shape {tuple(weights[k].shape)}, the model {tuple(p.shape)}")
+        p.copy_(_like(p, weights[k]))
+
+
+@torch.no_grad()
 def load_checkpoint_state(
     path: Path,
     trainable: dict[str, nn.Parameter],
@@ -144,17 +160,7 @@ def load_checkpoint_state(
 ) -> dict:
     """Restore parameters, optimizer, EMA and RNGs from a checkpoint folder; returns its state.json."""
     state = json.loads((path / "state.json").read_text())
-    weights = load_state_dict(path / "model.safetensors")
-    missing, unexpected = set(trainable) - set(weights), set(weights) - set(trainable)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: trained parameters differ from this run's ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, e.g. {sorted(missing | unexpected)[:2]}); resume with the run's own config"
-        )
-    for k, p in trainable.items():
-        if tuple(weights[k].shape) != tuple(p.shape):
-            raise CheckpointError(f"{path}: {k} has shape {tuple(weights[k].shape)}, the model {tuple(p.shape)}")
-        p.copy_(_like(p, weights[k]))
+    load_weights(path / "model.safetensors", trainable)
 
     opt = load_state_dict(path / "optimizer.safetensors")
     if len(state["param_groups"]) != len(optimizer.param_groups):

@@ -48,5 +48,23 @@ def train_command(
         typer.echo(f"wrote {path}")
 
 
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run's folder (its run.out_dir).")],
+    step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
+    weights: Annotated[str, typer.Option(help="ema (the run's EMA) or model (the raw trained weights).")] = "ema",
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default RUN_DIR/export/step-N).")] = None,
+) -> None:
+    """Export a checkpoint of a training run as a model file, while the run goes on or after it ended."""
+    from kinetograph.training.loop import export_checkpoint
+
+    try:
+        paths = export_checkpoint(run_dir, step=step, weights=weights, out=out)
+    except KinetographError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     app()

@@ -361,18 +361,65 @@ def _export(cfg: TrainConfig, stage: Stage, model: SVD, ema: EMA | None, out: Pa
     if not d.is_main:
         barrier(d)
         return []
-    paths: list[Path] = []
     swap = ema.swapped() if ema is not None and cfg.run.export_ema else nullcontext()
     with swap:
         merge_lora(model.unet)  # training is over: fold the adapters into the weights
         model.to("cpu")
-        export = out / "export"
-        export.mkdir(parents=True, exist_ok=True)
-        sampling = sampling_defaults(cfg, stage)
-        if "original" in cfg.run.export_layouts:
-            paths.append(save_original(model, export / "model.safetensors", stage.preset_name, sampling=sampling))
-        if "diffusers" in cfg.run.export_layouts:
-            shutil.rmtree(export / "diffusers", ignore_errors=True)
-            paths.append(save_diffusers(model, export / "diffusers", stage.preset_name, sampling=sampling))
+        paths = _write_exports(cfg, stage, model, out / "export")
     barrier(d)
     return paths
+
+
+def _write_exports(cfg: TrainConfig, stage: Stage, model: SVD, folder: Path) -> list[Path]:
+    """`model` in each of `run.export_layouts` under `folder`, with the run's sampling defaults."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sampling = sampling_defaults(cfg, stage)
+    paths: list[Path] = []
+    if "original" in cfg.run.export_layouts:
+        paths.append(save_original(model, folder / "model.safetensors", stage.preset_name, sampling=sampling))
+    if "diffusers" in cfg.run.export_layouts:
+        shutil.rmtree(folder / "diffusers", ignore_errors=True)
+        paths.append(save_diffusers(model, folder / "diffusers", stage.preset_name, sampling=sampling))
+    return paths
+
+
+@torch.no_grad()
+def export_checkpoint(run_dir: str | Path, step: int | None = None, weights: str = "ema",
+                      out: str | Path | None = None) -> list[Path]:
+    """Export one checkpoint of a run as the run's end would: its `weights` ("ema" or "model", the raw
+    trained parameters) over the run's starting model, LoRA merged, in the run's export layouts, to
+    `out` (default RUN_DIR/export/step-N). For choosing a step by evaluation while a run goes on, or
+    after it ended. `step` None = the latest checkpoint."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        raise InputError(f"{run_dir} has no config.toml, so it is not a training run's folder; pass a run.out_dir")
+    dirs = {int(ckpt.STEP_DIR.match(p.name)[1]): p for p in ckpt.checkpoint_dirs(run_dir)}
+    if not dirs:
+        raise InputError(f"{run_dir}/checkpoints holds no checkpoint yet; wait for run.ckpt_every steps")
+    if step is None:
+        step = max(dirs)
+    if step not in dirs:
+        raise InputError(f"{run_dir} has no checkpoint of step {step}; it has steps {', '.join(map(str, sorted(dirs)))}")
+    if weights not in ("ema", "model"):
+        raise InputError(f"weights {weights!r}: choose ema or model")
+    cfg = config_io.load_config(saved)
+    stage = make_stage(cfg)
+    if stage.name == "vae":
+        raise InputError("a vae run calibrates its latent scale on data when it ends, so its checkpoints are not "
+                         "exported on their own; resume the run to its end (--resume with a larger run.max_steps)")
+    if cfg.model.init and not Path(cfg.model.init).is_file():
+        raise InputError(f"the run started from {cfg.model.init}, which is gone; put it back to export the run")
+    model, stage.preset_name = build_model(cfg, stage)
+    trainable = stage.trainable(model)
+    state = json.loads((dirs[step] / "state.json").read_text())
+    recorded = state.get("frozen_fingerprint")
+    if recorded is not None and not math.isclose(recorded, ckpt.frozen_fingerprint(model, trainable), rel_tol=1e-9):
+        raise InputError(f"{cfg.model.init or 'the preset'} differs from the weights the run started from; "
+                         "export with the run's own model.init")
+    file = dirs[step] / f"{weights}.safetensors"
+    if not file.is_file():
+        raise InputError(f"{dirs[step]} has no {file.name} (the run kept no EMA); export with weights='model'")
+    ckpt.load_weights(file, trainable)
+    merge_lora(model.unet)
+    return _write_exports(cfg, stage, model, Path(out) if out is not None else run_dir / "export" / f"step-{step:08d}")
