@@ -4,6 +4,8 @@
     python bench/default_model.py --eval-only
     python bench/default_model.py --vae runs/default_model/vae/checkpoints/step-*/model.safetensors
                                              # the autoencoder's held-out reconstruction, per file
+    python bench/default_model.py --motion runs/default_model/finetune_low/export/model.safetensors
+                                             # does it move as fast as its training clips? (~1 min at 64x64)
     python bench/default_model.py --probe runs/default_model/finetune/checkpoints/step-*/ema.safetensors
                                              # does the stage-3 UNet carry an unseen photo over? (~1 min each)
 
@@ -239,6 +241,52 @@ def conditioning_probe(weights: Path, config: Path, size: int = 128) -> dict:
     return out
 
 
+def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
+    """How fast and which way a model moves, against the clips it was trained on.
+
+    For two training photos and two held-out ones, each camera move at each speed class, prompted
+    with a training caption (`camera_motion.caption_for`, so wording is not what is measured): the
+    measured class, and the measured speed (translation, or zoom flow) over that of the same move
+    rendered at the class's mid speed, as the training clips are. Sample-based text accuracy with
+    unseen wordings is the suite's job; this says whether the model moves at the speed it was shown.
+    """
+    import numpy as np
+    import torch
+    from skimage import data as skdata
+
+    from kinetograph.data import camera_motion as cm
+    from kinetograph.data.build import RECIPES
+    from kinetograph.eval.motion import camera_motion
+    from kinetograph.pipeline.image_to_video import ImageToVideo
+    from kinetograph.pipeline.preprocess import load_image, resize_and_crop
+
+    recipe = RECIPES["default_model"].camera
+    render_cfg = cm.CameraMotionConfig(height=size, width=size, num_frames=recipe.num_frames, fps=recipe.fps,
+                                       speeds=recipe.speeds)
+    expected = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
+                "zoom_in": "zoom_in", "zoom_out": "zoom_out"}
+    pipe = ImageToVideo.from_checkpoint(weights, dtype=torch.float32)
+    out: dict = {}
+    for group, names in (("training", ("camera", "coins")), ("held_out", ("chelsea", "coffee"))):
+        correct, ratios = 0, {c: [] for c in recipe.speeds}
+        for name in names:
+            photo = resize_and_crop(load_image(getattr(skdata, name)()), size, size)
+            for kind, label in expected.items():
+                for speed_class, (lo, hi) in recipe.speeds.items():
+                    caption = cm.caption_for(kind, speed_class, "the scene", np.random.default_rng(0))
+                    video = pipe(photo, caption, height=size, width=size, num_inference_steps=steps, seed=0)
+                    true = cm.render(np.asarray(photo), cm.CameraMove(kind, (lo + hi) / 2), render_cfg,
+                                     np.random.default_rng(0))
+                    got, ref = camera_motion(video.frames), camera_motion(true)
+                    correct += got.label.value == label
+                    speed = (lambda m: m.zoom_speed if kind.startswith("zoom") else m.translation_speed)
+                    ratios[speed_class].append(speed(got) / speed(ref))
+        n = len(names) * len(expected) * len(recipe.speeds)
+        out[group] = {"accuracy": round(correct / n, 3),
+                      **{f"speed_ratio_{c}": round(float(np.median(r)), 3) for c, r in ratios.items()}}
+    return out
+
+
 def recorded_seconds() -> dict:
     """Wall time of each data build (dataset.json) and training stage (first to last logged step)."""
     out = {}
@@ -284,12 +332,19 @@ def main() -> None:
                     help="only print the held-out reconstruction of these models' or checkpoints' autoencoders")
     ap.add_argument("--probe", nargs="+", type=Path, metavar="FILE",
                     help="only print conditioning_probe of these stage-3 checkpoints' UNets")
+    ap.add_argument("--motion", nargs="+", type=Path, metavar="FILE",
+                    help="only print motion_probe of these model files (speed against the training clips')")
+    ap.add_argument("--motion-size", type=int, default=64, help="frame size of the motion probe (default 64)")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
     ap.add_argument("--probe-size", type=int, default=128, help="frame size of the probe (default 128)")
     args = ap.parse_args()
     if args.probe:
         for path in args.probe:
             print(path, json.dumps(conditioning_probe(path, args.probe_config, args.probe_size)), flush=True)
+        return
+    if args.motion:
+        for path in args.motion:
+            print(path, json.dumps(motion_probe(path, args.motion_size)), flush=True)
         return
     if args.vae:
         for path in args.vae:
