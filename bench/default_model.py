@@ -265,6 +265,9 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
                                        speeds=recipe.speeds)
     expected = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
                 "zoom_in": "zoom_in", "zoom_out": "zoom_out"}
+    def speed(m, kind: str) -> float:
+        return m.zoom_speed if kind.startswith("zoom") else m.translation_speed
+
     pipe = ImageToVideo.from_checkpoint(weights, dtype=torch.float32)
     out: dict = {}
     for group, names in (("training", ("camera", "coins")), ("held_out", ("chelsea", "coffee"))):
@@ -279,8 +282,7 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
                                      np.random.default_rng(0))
                     got, ref = camera_motion(video.frames), camera_motion(true)
                     correct += got.label.value == label
-                    speed = (lambda m: m.zoom_speed if kind.startswith("zoom") else m.translation_speed)
-                    ratios[speed_class].append(speed(got) / speed(ref))
+                    ratios[speed_class].append(speed(got, kind) / speed(ref, kind))
         n = len(names) * len(expected) * len(recipe.speeds)
         out[group] = {"accuracy": round(correct / n, 3),
                       **{f"speed_ratio_{c}": round(float(np.median(r)), 3) for c, r in ratios.items()}}

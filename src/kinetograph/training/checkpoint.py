@@ -18,6 +18,7 @@ seeded by position (training.rng), so no generator state is needed beyond the gl
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -55,6 +56,12 @@ def frozen_fingerprint(model: nn.Module, trainable: dict[str, nn.Parameter]) -> 
     """Sum of |w| over the frozen parameters (float64): catches a changed init checkpoint on resume."""
     ids = {id(p) for p in trainable.values()}
     return float(sum(p.detach().double().abs().sum() for p in model.parameters() if id(p) not in ids))
+
+
+def frozen_matches(state: dict, fingerprint: float) -> bool:
+    """Whether a checkpoint's state.json records these frozen weights (`frozen_fingerprint` of the
+    model before any wrapping): the same init checkpoint."""
+    return math.isclose(state["frozen_fingerprint"], fingerprint, rel_tol=1e-9)
 
 
 def checkpoint_dirs(out_dir: str | Path) -> list[Path]:

@@ -89,7 +89,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     step = 0
     if start_ckpt is not None:
         state = ckpt.load_checkpoint_state(start_ckpt, trainable, optimizer, ema)
-        if not math.isclose(state["frozen_fingerprint"], fingerprint, rel_tol=1e-9):
+        if not ckpt.frozen_matches(state, fingerprint):
             raise InputError(f"{start_ckpt}: the frozen weights differ from the run's (was model.init changed?)")
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
@@ -413,8 +413,7 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, weights: str
     model, stage.preset_name = build_model(cfg, stage)
     trainable = stage.trainable(model)
     state = json.loads((dirs[step] / "state.json").read_text())
-    recorded = state.get("frozen_fingerprint")
-    if recorded is not None and not math.isclose(recorded, ckpt.frozen_fingerprint(model, trainable), rel_tol=1e-9):
+    if not ckpt.frozen_matches(state, ckpt.frozen_fingerprint(model, trainable)):
         raise InputError(f"{cfg.model.init or 'the preset'} differs from the weights the run started from; "
                          "export with the run's own model.init")
     file = dirs[step] / f"{weights}.safetensors"
