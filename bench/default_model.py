@@ -8,6 +8,8 @@
                                              # does it move as fast as its training clips? (~1 min at 64x64)
     python bench/default_model.py --probe runs/default_model/finetune/checkpoints/step-*/ema.safetensors
                                              # does the stage-3 UNet carry an unseen photo over? (~1 min each)
+    python bench/default_model.py --ship runs/NAME/export/model.safetensors
+                                             # ship that export instead of stage 3b's (float16, hash recorded)
 
 Steps:
   1. kinetograph data build --recipe default_model    (1716 camera clips, 256x256 x 14 frames)
@@ -83,13 +85,14 @@ def train() -> None:
             run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml", *resume])
 
 
-def ship() -> bool:
-    """float16 copy of the stage-3 export into the package, its SHA-256 recorded; False when the
-    shipped file is already that export's."""
+def ship(src: Path = RUNS / "finetune_hq" / "export" / "model.safetensors", force: bool = False) -> bool:
+    """float16 copy of `src` (by default the stage-3b export) into the package, its SHA-256 recorded;
+    False when the shipped file is newer than `src` (unless `force`)."""
     from kinetograph import default_model
 
-    src = RUNS / "finetune_hq" / "export" / "model.safetensors"
-    if default_model.PATH.is_file() and default_model.PATH.stat().st_mtime >= src.stat().st_mtime:
+    if not src.is_file():
+        sys.exit(f"error: {src} does not exist; train it first, or pass an export with --ship FILE")
+    if not force and default_model.PATH.is_file() and default_model.PATH.stat().st_mtime >= src.stat().st_mtime:
         return False
     with tempfile.TemporaryDirectory(dir=default_model.PATH.parent) as tmp:
         staged = Path(tmp) / default_model.PATH.name
@@ -337,6 +340,8 @@ def main() -> None:
     ap.add_argument("--motion", nargs="+", type=Path, metavar="FILE",
                     help="only print motion_probe of these model files (speed against the training clips')")
     ap.add_argument("--motion-size", type=int, default=64, help="frame size of the motion probe (default 64)")
+    ap.add_argument("--ship", type=Path, metavar="FILE",
+                    help="only ship this model file (float16 into the package, hash recorded) instead of stage 3b's")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
     ap.add_argument("--probe-size", type=int, default=128, help="frame size of the probe (default 128)")
     args = ap.parse_args()
@@ -347,6 +352,9 @@ def main() -> None:
     if args.motion:
         for path in args.motion:
             print(path, json.dumps(motion_probe(path, args.motion_size)), flush=True)
+        return
+    if args.ship:
+        ship(args.ship, force=True)
         return
     if args.vae:
         for path in args.vae:
