@@ -8,6 +8,7 @@
                                              # does it move as fast as its training clips? (~1 min at 64x64)
     python bench/default_model.py --probe runs/default_model/finetune/checkpoints/step-*/ema.safetensors
                                              # does the stage-3 UNet carry an unseen photo over? (~1 min each)
+    python bench/default_model.py --text-space  # can MiniLM's pooled vector alone tell the suite's wordings apart?
     python bench/default_model.py --ship runs/NAME/export/model.safetensors
                                              # ship that export instead of stage 3b's (float16, hash recorded)
 
@@ -292,6 +293,40 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
     return out
 
 
+def text_space_probe(per_class: int = 60) -> dict:
+    """How far the text encoder alone separates the suite's wordings: each wording of
+    default_model_text labelled by its nearest training paraphrase (cosine, MiniLM's mean-pooled
+    vector) and by the nearest class mean over `per_class` paraphrases per move. A ceiling on
+    what a model that reads only that vector could do with these wordings, not a model score."""
+    import numpy as np
+    import torch
+
+    from kinetograph.data import camera_motion as cm
+    from kinetograph.models.text import minilm_text_encoder
+
+    label = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
+             "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
+    rng = np.random.default_rng(0)
+    train = [(cm.paraphrase(kind, speed, "the scene", rng), name) for kind, name in label.items()
+             for speed in (("static",) if kind == "static" else ("slow", "fast")) for _ in range(per_class)]
+    suite = json.loads((ROOT / "src" / "kinetograph" / "eval" / "suites" / "default_model_text.json").read_text())
+    prompts = [(p["text"], p["expected"]) for p in suite["prompts"]]
+    enc = minilm_text_encoder()
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(enc.encode([s for s, _ in train]).pooled, dim=-1)
+        q = torch.nn.functional.normalize(enc.encode([s for s, _ in prompts]).pooled, dim=-1)
+    sim = q @ t.T  # (wordings, paraphrases)
+    classes = sorted(set(label.values()))
+    member = torch.tensor([[name == c for _, name in train] for c in classes], dtype=sim.dtype)  # (classes, paraphrases)
+    class_sim = sim @ member.T / member.sum(1)  # mean similarity to each class's paraphrases
+    nearest = [train[i][1] for i in sim.argmax(1).tolist()]
+    by_mean = [classes[i] for i in class_sim.argmax(1).tolist()]
+    expected = [e for _, e in prompts]
+    return {"wordings": len(prompts),
+            "nearest_paraphrase": round(sum(a == e for a, e in zip(nearest, expected)) / len(prompts), 3),
+            "nearest_class_mean": round(sum(a == e for a, e in zip(by_mean, expected)) / len(prompts), 3)}
+
+
 def recorded_seconds() -> dict:
     """Wall time of each data build (dataset.json) and training stage (first to last logged step)."""
     out = {}
@@ -340,6 +375,8 @@ def main() -> None:
     ap.add_argument("--motion", nargs="+", type=Path, metavar="FILE",
                     help="only print motion_probe of these model files (speed against the training clips')")
     ap.add_argument("--motion-size", type=int, default=64, help="frame size of the motion probe (default 64)")
+    ap.add_argument("--text-space", action="store_true",
+                    help="only print how far MiniLM's pooled vector alone separates the suite's wordings")
     ap.add_argument("--ship", type=Path, metavar="FILE",
                     help="only ship this model file (float16 into the package, hash recorded) instead of stage 3b's")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
@@ -352,6 +389,9 @@ def main() -> None:
     if args.motion:
         for path in args.motion:
             print(path, json.dumps(motion_probe(path, args.motion_size)), flush=True)
+        return
+    if args.text_space:
+        print(json.dumps(text_space_probe()))
         return
     if args.ship:
         ship(args.ship, force=True)
