@@ -62,9 +62,22 @@ def test_control_fidelity_counts():
     assert c.spearman_within == pytest.approx(1.0) and c.n_groups == 2
 
 
+def test_direction_accuracy_reads_slow_moves_by_their_direction():
+    cases = [
+        ControlCase(L, S, 40, 0.1, "a", direction=L),  # too slow, the right way: counts
+        ControlCase(L, S, 40, 0.1, "a", direction=R),  # too slow, the wrong way: does not
+        ControlCase(S, S, 40, 0.0, "a", direction=L),  # a static prompt is scored on the label
+        ControlCase(S, L, 40, 1.0, "a", direction=L),  # a real move under a static prompt: wrong
+        ControlCase(ZI, ZI, 40, 1.0, "a"),  # no direction recorded: the label is used
+    ]
+    c = control_fidelity(cases)
+    assert c.accuracy == pytest.approx(2 / 5)
+    assert c.direction_accuracy == pytest.approx(3 / 5)
+
+
 def test_control_fidelity_without_expectations():
     c = control_fidelity([ControlCase(None, S, 40, 0.0, "g"), ControlCase(None, L, 127, 1.0, "g")])
-    assert c.accuracy is None and c.n_scored == 0 and c.per_class == {}
+    assert c.accuracy is None and c.direction_accuracy is None and c.n_scored == 0 and c.per_class == {}
     assert c.spearman is None and c.spearman_within is None and c.n_groups == 0
 
 

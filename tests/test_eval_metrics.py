@@ -146,8 +146,19 @@ def test_static_clip_is_static_with_zero_flow():
     frame = fit_image(photo("astronaut"), SIZE)
     video = np.stack([frame] * 5)
     motion = camera_motion(video)
-    assert motion.label == MotionClass.STATIC
+    assert motion.label == MotionClass.STATIC and motion.direction == MotionClass.STATIC
     assert mean_flow_magnitude(video) < 0.01
+
+
+def test_a_move_under_the_static_threshold_keeps_its_direction():
+    # 0.06 px/frame of content moving right is under the threshold (0.001 of the diagonal, here
+    # 0.115 px) but is still the camera going left.
+    video = camera_clip(photo("chelsea"), MotionClass.LEFT, 0.06, 6, SIZE)
+    motion = camera_motion(video)
+    assert motion.translation_speed < 0.001 * np.hypot(*SIZE)
+    assert motion.label == MotionClass.STATIC and motion.direction == MotionClass.LEFT
+    fast = camera_motion(camera_clip(photo("chelsea"), MotionClass.LEFT, 1.5, 6, SIZE))
+    assert fast.label == fast.direction == MotionClass.LEFT
 
 
 def test_fit_similarity_recovers_a_synthetic_field():

@@ -61,6 +61,7 @@ def _metrics_dict(metrics: Any) -> dict[str, Any]:
         rotation=motion["rotation"],
         translation_speed=motion["translation_speed"],
         zoom_speed=motion["zoom_speed"],
+        direction=motion["direction"].value,
     )
     return d
 
@@ -250,6 +251,7 @@ def eval_command(
                 case.motion_bucket_id,
                 metrics.flow_magnitude,
                 case.group,
+                metrics.motion.direction,
             )
         )
         save_png(out / "sheets" / f"{case.id}.png", contact_sheet(frames, images[case.image.id]))
@@ -435,10 +437,11 @@ def make_eval_cli(
             log=lambda msg: typer.echo(msg, err=True),
         )
         summary = report["summary"]
-        accuracy = summary["control"]["accuracy"]
+        accuracy, direction = summary["control"]["accuracy"], summary["control"]["direction_accuracy"]
         typer.echo(
             f"{summary['n_evaluated']} videos; motion accuracy "
-            f"{'-' if accuracy is None else f'{accuracy:.2f}'}; report: {out / 'report.html'}"
+            f"{'-' if accuracy is None else f'{accuracy:.2f}'}"
+            f"{'' if direction is None else f' (direction only {direction:.2f})'}; report: {out / 'report.html'}"
         )
 
     return eval_cli

@@ -3,6 +3,8 @@
 Two numbers over a set of cases:
 - accuracy: the fraction of cases with an expected class (from the prompt) whose measured
   camera-motion class matches it, overall and per expected class, with a confusion table;
+  direction_accuracy is the same with moves slower than the static threshold read by their
+  direction (static prompts still have to stay static): a diagnostic of amount against direction;
 - Spearman rank correlation between `motion_bucket_id` and the measured mean flow magnitude,
   over all cases and averaged within groups that differ only in the bucket (same image, prompt
   and seed), which removes the image's own effect on how much motion is visible.
@@ -59,6 +61,7 @@ class ControlCase:
     motion_bucket_id: int
     magnitude: float  # mean flow magnitude, pixels per frame
     group: str  # cases differing only in the bucket share a group
+    direction: MotionClass | None = None  # the measured class at a tenth of the static threshold; None: use measured
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ClassScore:
 @dataclass(frozen=True)
 class ControlFidelity:
     accuracy: float | None  # None when no case has an expected class
+    direction_accuracy: float | None  # moves under the static threshold read by their direction
     n_scored: int
     per_class: dict[str, ClassScore]  # by expected class
     confusion: dict[str, dict[str, int]]  # expected -> measured -> count
@@ -94,6 +98,11 @@ def control_fidelity(cases: Sequence[ControlCase]) -> ControlFidelity:
     for c in scored:
         confusion[c.expected.value][c.measured.value] += 1
     correct = sum(c.measured == c.expected for c in scored)
+    # A static prompt is scored on the thresholded class: a slow drift is not "still".
+    by_direction = sum(
+        (c.measured if c.expected == MotionClass.STATIC or c.direction is None else c.direction) == c.expected
+        for c in scored
+    )
 
     groups: dict[str, list[ControlCase]] = defaultdict(list)
     for c in cases:
@@ -106,6 +115,7 @@ def control_fidelity(cases: Sequence[ControlCase]) -> ControlFidelity:
                 within.append(rho)
     return ControlFidelity(
         accuracy=correct / len(scored) if scored else None,
+        direction_accuracy=by_direction / len(scored) if scored else None,
         n_scored=len(scored),
         per_class=per_class,
         confusion={k: dict(v) for k, v in confusion.items()},

@@ -9,6 +9,8 @@ CONTENT's optical flow, which moves the opposite way.
 - zoom_in:  content expands from the centre (flow divergence > 0)
 - zoom_out: content contracts towards the centre (divergence < 0)
 - static: neither translation nor zoom reaches `MotionConfig.static_threshold`.
+`CameraMotion.direction` is the class at a tenth of the threshold (static only for no motion to
+speak of): it tells a model that moves the right way too slowly from one that moves the wrong way.
 
 Each frame pair's flow is fitted, over the trusted pixels, with a similarity motion about the
 frame centre c: f(p) = t + s (p - c) + r perp(p - c). t is the mean flow (the translation at the
@@ -44,6 +46,11 @@ class MotionConfig:
     static_threshold: float = 0.001
 
 
+# `CameraMotion.direction`'s threshold, a tenth of the static one: below it the flow of identical
+# frames (~4e-6 of the diagonal) and other numerical noise, not a direction.
+_ANY_MOTION = MotionConfig(static_threshold=1e-4)
+
+
 @dataclass(frozen=True)
 class CameraMotion:
     label: MotionClass
@@ -52,6 +59,7 @@ class CameraMotion:
     rotation: float  # r, radians per frame, counter-clockwise on screen is negative (y down)
     translation_speed: float  # |translation|, output pixels per frame
     zoom_speed: float  # |s| * mean distance from the centre, output pixels per frame
+    direction: MotionClass  # the class at a tenth of the static threshold: the way even a slow move goes
 
 
 def motion_mask(pair: PairFlow) -> np.ndarray:
@@ -140,4 +148,5 @@ def camera_motion(
         rotation=float(r),
         translation_speed=float(np.hypot(*translation)),
         zoom_speed=zoom_speed,
+        direction=classify(translation, zoom_speed, 2 * float(s), diagonal, _ANY_MOTION),
     )

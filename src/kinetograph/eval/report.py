@@ -242,6 +242,8 @@ def render_html(report: dict) -> str:
     means = [(k, _num(v)) for k, v in s["mean"].items()]
     control = [
         ("motion-class accuracy", _e(f"{_num(ctrl['accuracy'])} over {ctrl['n_scored']} cases")),
+        ("direction only (moves under the static threshold read by their direction)",
+         _num(ctrl.get("direction_accuracy"))),
         ("Spearman(bucket, magnitude), all cases", _num(ctrl["spearman"])),
         (
             "Spearman within groups (mean)",
