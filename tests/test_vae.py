@@ -322,6 +322,44 @@ def test_a_fresh_vae_with_patch_shortcuts_is_the_linear_patch_autoencoder_on_a_r
     assert vae.decoder.conv_out.weight.grad.abs().sum() > 0 and vae.encoder.conv_out.weight.grad.abs().sum() > 0
 
 
+def test_a_silent_deep_encoder_path_is_skipped_with_the_same_numbers():
+    """Decoder-only training leaves the encoder's deep path at zero: encoding then skips it and
+    adds conv_out's bias, bit for bit what running it gives; it runs again once it is not zero,
+    or when its weights need gradients."""
+    import torch.nn.functional as F
+    from skimage import data as skdata
+
+    from kinetograph.pipeline.preprocess import image_to_tensor, load_image, resize_and_crop
+
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, z_channels=6, norm_groups=8,
+                    patch_shortcut=True, patch_shortcut_basis="smooth")
+    torch.manual_seed(0)
+    vae = VAE(cfg).eval()
+    enc = vae.encoder
+    with torch.no_grad():
+        enc.conv_out.bias.copy_(torch.randn(enc.conv_out.bias.shape))  # a posterior variance, say
+    x = image_to_tensor(resize_and_crop(load_image(skdata.coffee()), 64, 96))
+    calls = []
+    enc.conv_in.register_forward_hook(lambda *_: calls.append(1))
+
+    def full(x):  # the deep path run, as without the skip
+        moments = enc._deep(x)
+        return moments + F.pad(enc.patch_shortcut(x), (0, 0, 0, 0, 0, moments.shape[1] // 2))
+
+    with torch.no_grad():
+        fast = enc(x)
+        assert calls == []
+        assert torch.equal(fast, full(x)) and fast.shape == (1, 12, 8, 12)
+        enc.conv_out.weight[0, 0, 1, 1] = 1e-3
+        assert not torch.equal(enc(x), fast) and len(calls) == 2
+        enc.conv_out.weight.zero_()
+    enc(x).sum().backward()  # grad enabled, weights trainable: the deep path runs and learns
+    assert len(calls) == 3 and enc.conv_out.weight.grad.abs().sum() > 0
+    vae.requires_grad_(False)
+    enc(x)  # frozen (a UNet stage): skipped even with grad enabled
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("basis", ["dct", "smooth"])
 def test_patch_shortcuts_travel_through_the_original_layout(tmp_path, basis):
     from dataclasses import replace
