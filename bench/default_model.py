@@ -47,6 +47,9 @@ DATA = {"default_model": ROOT / "data" / "default_model", "default_model_hq": RO
 STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "finetune", "finetune": "finetune",
           "finetune_hq": "finetune"}
 SUITES = ("default_model_text", "default_model_buckets")
+# Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
+MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
+              "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
 REPORT = ROOT / "docs" / "default_model_report.json"
 
 
@@ -267,8 +270,7 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
     recipe = RECIPES["default_model"].camera
     render_cfg = cm.CameraMotionConfig(height=size, width=size, num_frames=recipe.num_frames, fps=recipe.fps,
                                        speeds=recipe.speeds)
-    expected = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
-                "zoom_in": "zoom_in", "zoom_out": "zoom_out"}
+    expected = {kind: label for kind, label in MOVE_CLASS.items() if kind != "static"}
     def speed(m, kind: str) -> float:
         return m.zoom_speed if kind.startswith("zoom") else m.translation_speed
 
@@ -304,10 +306,8 @@ def text_space_probe(per_class: int = 60) -> dict:
     from kinetograph.data import camera_motion as cm
     from kinetograph.models.text import minilm_text_encoder
 
-    label = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
-             "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
     rng = np.random.default_rng(0)
-    train = [(cm.paraphrase(kind, speed, "the scene", rng), name) for kind, name in label.items()
+    train = [(cm.paraphrase(kind, speed, "the scene", rng), name) for kind, name in MOVE_CLASS.items()
              for speed in (("static",) if kind == "static" else ("slow", "fast")) for _ in range(per_class)]
     suite = json.loads((ROOT / "src" / "kinetograph" / "eval" / "suites" / "default_model_text.json").read_text())
     prompts = [(p["text"], p["expected"]) for p in suite["prompts"]]
@@ -316,7 +316,7 @@ def text_space_probe(per_class: int = 60) -> dict:
         t = torch.nn.functional.normalize(enc.encode([s for s, _ in train]).pooled, dim=-1)
         q = torch.nn.functional.normalize(enc.encode([s for s, _ in prompts]).pooled, dim=-1)
     sim = q @ t.T  # (wordings, paraphrases)
-    classes = sorted(set(label.values()))
+    classes = sorted(set(MOVE_CLASS.values()))
     member = torch.tensor([[name == c for _, name in train] for c in classes], dtype=sim.dtype)  # (classes, paraphrases)
     class_sim = sim @ member.T / member.sum(1)  # mean similarity to each class's paraphrases
     nearest = [train[i][1] for i in sim.argmax(1).tolist()]

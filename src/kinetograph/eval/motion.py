@@ -46,11 +46,6 @@ class MotionConfig:
     static_threshold: float = 0.001
 
 
-# `CameraMotion.direction`'s threshold, a tenth of the static one: below it the flow of identical
-# frames (~4e-6 of the diagonal) and other numerical noise, not a direction.
-_ANY_MOTION = MotionConfig(static_threshold=1e-4)
-
-
 @dataclass(frozen=True)
 class CameraMotion:
     label: MotionClass
@@ -148,5 +143,8 @@ def camera_motion(
         rotation=float(r),
         translation_speed=float(np.hypot(*translation)),
         zoom_speed=zoom_speed,
-        direction=classify(translation, zoom_speed, 2 * float(s), diagonal, _ANY_MOTION),
+        # A tenth of the threshold: below it is numerical noise (identical frames give ~4e-6 of
+        # the diagonal), not a direction.
+        direction=classify(translation, zoom_speed, 2 * float(s), diagonal,
+                           MotionConfig(static_threshold=cfg.static_threshold / 10)),
     )
