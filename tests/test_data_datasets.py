@@ -72,6 +72,12 @@ def test_dataset_items(tiny: Path):
     assert kinds["video"]["fps"] == pytest.approx(4.0)
     batch = collate([ds[0], ds[1]])
     assert batch["video"].shape == (2, 4, 3, 32, 48) and batch["motion_bucket"].dtype == torch.int64
+    # a zoom's window has to be centred on the zoom's fixed point; nothing else pins its window
+    for i, row in enumerate(ds.rows):
+        zoom = row.get("kind") == "camera" and row["move"]["kind"].startswith("zoom")
+        assert ds[i]["window_centre"] == ((0.5, 0.5) if zoom else None)
+    assert any(r.get("kind") == "camera" and r["move"]["kind"] == "zoom_in" for r in ds.rows)
+    assert collate([ds[0], ds[1]])["window_centre"] == [ds[0]["window_centre"], ds[1]["window_centre"]]
 
 
 def test_dataset_reproducible_and_epoch_changes_sampling(tiny: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import randomize_
@@ -245,6 +246,35 @@ def test_vae_augment_crops_one_window_per_clip_and_permutes_channels():
     assert inputs.x0.shape == (12, 3, 32, 48)
     with pytest.raises(InputError, match="data.crop"):  # every crop a new clip: the cache would only grow
         with_overrides(TrainConfig(stage="finetune"), data={"crop": 16, "cache_latents": True})
+
+
+def test_a_zoom_clip_is_cropped_about_its_fixed_point_so_the_window_still_zooms():
+    """A window cut off the centre of a zoom also pans (on a real photo, the corner window of a
+    zoom in reads as a pan right), so its caption would be wrong: data.crop centres a clip's window
+    on its "window_centre" and keeps the random window for the others."""
+    from kinetograph.data import camera_motion as cm
+    from kinetograph.data.sources import load_photo
+    from kinetograph.eval.motion import MotionClass, camera_motion
+    from kinetograph.training.config import TrainConfig, with_overrides
+    from kinetograph.training.stages import make_stage
+
+    clip_cfg = cm.CameraMotionConfig(height=96, width=96, num_frames=8, fps=8.0)
+    zoom = cm.render(load_photo("chelsea"), cm.CameraMove("zoom_in", 20.0), clip_cfg, np.random.default_rng(0))
+    corner = camera_motion(zoom[:, :48, :48])
+    assert corner.label != MotionClass.ZOOM_IN and corner.translation_speed > corner.zoom_speed  # why
+
+    stage = make_stage(with_overrides(TrainConfig(stage="finetune"), data={"height": 96, "width": 96, "crop": 48}))
+    video = torch.from_numpy(zoom).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None].repeat(2, 1, 1, 1, 1)
+    centres = [cm.fixed_point("zoom_in"), cm.fixed_point("pan_left")]
+    assert centres == [(0.5, 0.5), None]
+    out = stage.augment(video, SampleRNG(0, [0, 1]), centres)
+    assert torch.equal(out[0], video[0, ..., 24:72, 24:72])
+    window = ((out[0].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    m = camera_motion(window)
+    assert m.label == MotionClass.ZOOM_IN and m.translation_speed < 0.1 * m.zoom_speed
+    # the other clip keeps the random window it had without centres (same draws)
+    assert torch.equal(out[1], stage.augment(video, SampleRNG(0, [0, 1]))[1])
+    assert not torch.equal(out[1], out[0])
 
 
 def test_a_diffusion_stage_trains_on_the_augmented_window_and_conditions_on_its_first_frame():

@@ -114,6 +114,14 @@ def render(photo: np.ndarray, move: CameraMove, cfg: CameraMotionConfig, rng: np
     return frames
 
 
+def fixed_point(kind: str) -> tuple[float, float] | None:
+    """The one point a move leaves in place, as (y, x) fractions of the frame: the centre for a
+    zoom (`render` scales about it); None for pans and tilts (every point moves) and for a still
+    camera (every point stays). A window cut from a zoom is the same move only when centred
+    there: off centre it zooms and pans at once, and the caption would name half of it."""
+    return (0.5, 0.5) if kind.startswith("zoom") else None
+
+
 def true_speed(move: CameraMove, cfg: CameraMotionConfig) -> float:
     """The speed the rendered clip really has (zoom may be capped by max_zoom)."""
     if not move.kind.startswith("zoom"):

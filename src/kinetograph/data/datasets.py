@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kinetograph.data.camera_motion import paraphrase
+from kinetograph.data.camera_motion import fixed_point, paraphrase
 from kinetograph.data.curation.manifest import read_jsonl
 from kinetograph.data.shards import Member, index_shard, read_member
 from kinetograph.errors import InputError
@@ -143,11 +143,13 @@ class ClipDataset(torch.utils.data.Dataset):
             "motion_bucket": int(row.get("motion_bucket") or 0),
             "kind": row.get("kind", "video"),
             "key": row.get("key", row.get("id")),
+            # where a training window must be centred for the caption to stay true (zooms), or None
+            "window_centre": fixed_point(row["move"]["kind"]) if row.get("kind") == "camera" and "move" in row else None,
         }
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack videos (b, t, 3, h, w); lists for captions/keys/kinds; tensors for fps and buckets."""
+    """Stack videos (b, t, 3, h, w); lists for captions/keys/kinds/window centres; tensors for fps and buckets."""
     return {
         "video": torch.stack([it["video"] for it in items]),
         "caption": [it["caption"] for it in items],
@@ -155,6 +157,7 @@ def collate(items: list[dict]) -> dict:
         "motion_bucket": torch.tensor([it["motion_bucket"] for it in items]),
         "kind": [it["kind"] for it in items],
         "key": [it["key"] for it in items],
+        "window_centre": [it.get("window_centre") for it in items],
     }
 
 

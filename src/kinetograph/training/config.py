@@ -62,7 +62,7 @@ class DataConfig:
     # Train on one random crop x crop window per clip (the same in all its frames), cut from
     # frames loaded at height x width: the autoencoder learns at the pixel scale it will see, and a
     # diffusion stage at a fraction of the cost of whole frames, on scenes it cannot recognise by
-    # their layout; 0 = whole frames.
+    # their layout; 0 = whole frames. A zoom's window is centred on the zoom's fixed point.
     crop: int = 0
     # A random permutation of the RGB channels per clip (all its frames), so that a small set of
     # scenes does not teach the model their colours instead of how to carry colour over.

@@ -297,20 +297,28 @@ class Stage:
         """Per-video loss (b,)."""
         return loss_fn(unet_network(module), inputs.x0, inputs.cond, rng)
 
-    def augment(self, video: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+    def augment(self, video: torch.Tensor, rng: SampleRNG, centres: list | None = None) -> torch.Tensor:
         """data.crop: a random window per clip (the same in all its frames, so the motion is
         kept); data.color_augment: a random RGB channel order per clip. Both give a small set of
         scenes more variants: the autoencoder learns colour instead of a few scenes' colours, and
         the UNet cannot recognise a scene by where things are and recall it, but has to carry the
-        conditioning frame over (the default model's 66 scenes, docs/model-card.md)."""
+        conditioning frame over (the default model's 66 scenes, docs/model-card.md).
+
+        centres: per clip None, or the (y, x) fractions its window must be centred on (the batch's
+        "window_centre": a zoom's fixed point), since an off-centre window of a zoom also pans."""
         d = self.cfg.data
         if not (d.crop or d.color_augment):
             return video
+        centres = centres or [None] * len(video)
         clips = []
-        for clip, (uy, ux, up) in zip(video, rng.rand(3).tolist()):  # clip (t, 3, H, W)
+        for clip, centre, (uy, ux, up) in zip(video, centres, rng.rand(3).tolist()):  # clip (t, 3, H, W)
             if d.crop:
                 h, w = clip.shape[-2:]
-                y, x = int(uy * (h - d.crop + 1)), int(ux * (w - d.crop + 1))
+                if centre is None:
+                    y, x = int(uy * (h - d.crop + 1)), int(ux * (w - d.crop + 1))
+                else:
+                    y = min(max(round(centre[0] * h - d.crop / 2), 0), h - d.crop)
+                    x = min(max(round(centre[1] * w - d.crop / 2), 0), w - d.crop)
                 clip = clip[..., y : y + d.crop, x : x + d.crop]
             if d.color_augment:
                 clip = clip[:, list(_CHANNEL_ORDERS[int(up * len(_CHANNEL_ORDERS))])]
@@ -327,7 +335,7 @@ class Stage:
         """
         video = batch["video"]  # (b, t, 3, H, W) in [-1, 1]
         if train:
-            video = self.augment(video, rng)
+            video = self.augment(video, rng, batch.get("window_centre"))
         b, t = video.shape[:2]
         frames = rearrange(video, "b t c h w -> (b t) c h w")
         vae = model.vae
@@ -447,7 +455,7 @@ class VAEStage(Stage):
     def encode(self, model: SVD, batch: dict, rng: SampleRNG, train: bool = True) -> Inputs:
         video = batch["video"]  # (b, t, 3, H, W)
         if train:
-            video = self.augment(video, rng)
+            video = self.augment(video, rng, batch.get("window_centre"))
         return Inputs(x0=rearrange(video, "b t c h w -> (b t) c h w"), num_frames=video.shape[1])
 
     def loss(self, loss_fn, module, inputs, rng):
