@@ -73,7 +73,7 @@ def generate(
         Path | None,
         typer.Option(
             "--checkpoint", "-c",
-            help="Official .safetensors file or diffusers folder; default: the default model, once trained (docs/model-card.md).",
+            help="Official .safetensors file or diffusers folder; default: the shipped default model kinetograph-mini256 (docs/model-card.md).",
         ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help=".mp4, .gif, .webp, or a folder for PNG frames.")] = Path(
