@@ -48,6 +48,7 @@ _MEAN_KEYS = (
     "flicker_luminance_jitter",
     "flicker_high_frequency_jitter",
     "warping_error",
+    "carry_over",
     "flow_magnitude",
 )
 
@@ -94,7 +95,8 @@ def _means(ok: list[dict[str, Any]], notes: list[str]) -> dict[str, float | None
         finite = [v for v in values if np.isfinite(v)]
         if len(finite) < len(values):
             notes.append(
-                f"{len(values) - len(finite)} videos have a non-finite {key} (identical frame 0); "
+                f"{len(values) - len(finite)} videos have a non-finite {key} (an identical frame 0, or a camera "
+                "that left frame 0 behind); "
                 "the mean is over the others"
             )
         means[key] = float(np.mean(finite)) if finite else None

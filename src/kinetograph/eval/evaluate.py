@@ -10,7 +10,7 @@ from kinetograph.eval.clips import check_video, fit_image
 from kinetograph.eval.fidelity import PrepareImage, first_frame_fidelity
 from kinetograph.eval.flow import FlowConfig, video_flow
 from kinetograph.eval.motion import CameraMotion, MotionConfig, camera_motion, mean_flow_magnitude
-from kinetograph.eval.temporal import flicker, warping_error
+from kinetograph.eval.temporal import carry_over, flicker, warping_error
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class VideoMetrics:
     flicker_luminance_jitter: float  # the same, against the mean of the neighbouring frames
     flicker_high_frequency_jitter: float
     warping_error: float  # MSE in [0, 1] units outside occlusions
+    carry_over: float  # dB: the last frame against frame 0 moved by the camera (a smear scores low)
     flow_magnitude: float  # mean optical flow, output pixels per frame
     motion: CameraMotion
 
@@ -37,7 +38,7 @@ def evaluate_video(
     flow_cfg: FlowConfig = FlowConfig(),
     motion_cfg: MotionConfig = MotionConfig(),
 ) -> VideoMetrics:
-    """Fidelity (when `conditioning` is given), flicker, warping error and motion of a clip."""
+    """Fidelity (when `conditioning` is given), flicker, warping error, carry-over and motion of a clip."""
     check_video(video, min_frames=2)
     flow = video_flow(video, flow_cfg)
     fidelity = (
@@ -56,6 +57,7 @@ def evaluate_video(
         flicker_luminance_jitter=steadiness.luminance_jitter,
         flicker_high_frequency_jitter=steadiness.high_frequency_jitter,
         warping_error=warping_error(video, flow),
+        carry_over=carry_over(video, flow),
         flow_magnitude=mean_flow_magnitude(video, flow),
         motion=camera_motion(video, flow, motion_cfg),
     )

@@ -346,6 +346,7 @@ def render_html(report: dict) -> str:
                 ),
             ),
             ("warping error", _num(m["warping_error"])),
+            ("carry-over (dB, last frame vs frame 0 moved)", _num(m.get("carry_over"), 2)),
             ("frames, size", _e(f"{m['frames']}, {m['width']}x{m['height']}")),
         ]
         if c.get("clip_score") is not None:

@@ -78,3 +78,35 @@ def warping_error(
         )
         errors.append(float(squared[mask].mean()))
     return float(np.mean(errors))
+
+
+def carry_over(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()) -> float:
+    """PSNR (dB, at flow resolution) of the last frame against frame 0 moved by the camera.
+
+    The camera motion is each frame pair's similarity fit (`motion.fit_similarity`, the one the
+    motion class reads), chained from frame 0 to the last frame; frame 0 warped by that chain is
+    what a camera carrying the picture along would show. A faithful move keeps it (a rendered pan
+    over a photo: ~30 dB and up), a still shot scores its own steadiness, and a video that smears
+    the picture while moving scores low, which flicker and warping error miss (a smear is steady).
+    Only pixels that frame 0 covers count. 100 dB for an exact copy.
+    """
+    from kinetograph.eval.motion import fit_similarity, motion_mask  # motion builds on this module's flow
+
+    flow = flow if flow is not None else video_flow(video, cfg)
+    frames = flow.frames.astype(np.float64)
+    h, w = frames.shape[1:3]
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    chain = np.eye(3)
+    for pair in flow.pairs:
+        tx, ty, s, r = fit_similarity(pair.forward, motion_mask(pair))
+        a = np.array([[1 + s, -r], [r, 1 + s]])  # p -> p + f(p), about the centre c
+        step = np.eye(3)
+        step[:2, :2], step[:2, 2] = a, c + np.array([tx, ty]) - a @ c
+        chain = step @ chain
+    moved = cv2.warpAffine(frames[0], chain[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    covered = cv2.warpAffine(np.ones((h, w)), chain[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    inside = covered > 0.999
+    if inside.mean() < 0.05:  # the camera left frame 0 behind: nothing to compare
+        return float("nan")
+    mse = float(np.mean((frames[-1][inside] - moved[inside]) ** 2))
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
