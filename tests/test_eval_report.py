@@ -227,8 +227,19 @@ def test_cli_command(tmp_path):
     assert json.loads((tmp_path / "r2" / "report.json").read_text())["settings"]["generation"] == settings
     result = runner.invoke(app, ["eval", "--videos", str(tmp_path), "--steps", "4", "-o", str(tmp_path / "r5")])
     assert isinstance(result.exception, InputError) and "--videos" in str(result.exception)
-    result = runner.invoke(app, ["eval", "-o", str(tmp_path / "r3")])
-    assert isinstance(result.exception, InputError) and "--checkpoint" in str(result.exception)
+    # no --checkpoint: the shipped default model, hash checked; without one, an error naming --checkpoint
+    from kinetograph import default_model
+    from kinetograph.errors import CheckpointError
+
+    if default_model.SHA256:
+        result = runner.invoke(app, ["eval", "--suite", str(suite), "-o", str(tmp_path / "r3")])
+        assert result.exit_code == 0, result.output
+        assert made[-1] == (default_model.PATH, {})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(default_model, "SHA256", "")
+        mp.setattr(default_model, "PATH", tmp_path / "none.safetensors")
+        result = runner.invoke(app, ["eval", "-o", str(tmp_path / "r6")])
+    assert isinstance(result.exception, CheckpointError) and "--checkpoint" in str(result.exception)
     no_generation = typer.Typer()
     no_generation.command("eval")(make_eval_cli(None))
     no_generation.command("version")(lambda: None)

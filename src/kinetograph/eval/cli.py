@@ -352,7 +352,7 @@ def make_eval_cli(
         checkpoint: Annotated[
             Path | None,
             typer.Option(
-                "--checkpoint", help="Model checkpoint used to generate the suite's videos."
+                "--checkpoint", help="Model checkpoint used to generate the suite's videos; default: the shipped default model."
             ),
         ] = None,
         suite: Annotated[
@@ -416,10 +416,10 @@ def make_eval_cli(
             raise InputError(f"--videos scores existing videos; drop the generation options ({', '.join(generation)})")
         generate_fn = None
         if videos is None:
-            if checkpoint is None:
-                raise InputError(
-                    "pass --checkpoint PATH to generate the suite's videos, or --videos DIR to score existing ones"
-                )
+            if checkpoint is None:  # the shipped default model, as `kinetograph generate` uses
+                from kinetograph import default_model
+
+                checkpoint = default_model.default_checkpoint()  # says what to pass when none ships
             if make_generate_fn is None:
                 raise InputError(
                     "this build cannot generate videos; pass --videos DIR to score existing ones"
