@@ -77,7 +77,7 @@ def test_dataset_items(tiny: Path):
         zoom = row.get("kind") == "camera" and row["move"]["kind"].startswith("zoom")
         assert ds[i]["window_centre"] == ((0.5, 0.5) if zoom else None)
     assert any(r.get("kind") == "camera" and r["move"]["kind"] == "zoom_in" for r in ds.rows)
-    assert collate([ds[0], ds[1]])["window_centre"] == [ds[0]["window_centre"], ds[1]["window_centre"]]
+    assert batch["window_centre"] == [ds[0]["window_centre"], ds[1]["window_centre"]]
 
 
 def test_dataset_reproducible_and_epoch_changes_sampling(tiny: Path):

@@ -101,6 +101,11 @@ def fit_similarity(flow: np.ndarray, mask: np.ndarray) -> tuple[float, float, fl
     return float(tx), float(ty), float(s), float(r)
 
 
+def pair_fits(flow: VideoFlow) -> np.ndarray:
+    """(pairs, 4): each frame pair's (tx, ty, s, r) over its trusted pixels, at flow resolution."""
+    return np.array([fit_similarity(p.forward, motion_mask(p)) for p in flow.pairs])
+
+
 def classify(
     translation: tuple[float, float],
     zoom_speed: float,
@@ -128,7 +133,7 @@ def camera_motion(
 ) -> CameraMotion:
     """Dominant camera motion of a clip from the mean flow and its divergence."""
     flow = flow if flow is not None else video_flow(video, flow_cfg)
-    fits = np.array([fit_similarity(p.forward, motion_mask(p)) for p in flow.pairs])
+    fits = pair_fits(flow)
     tx, ty, s, r = fits.mean(axis=0)
     h, w = flow.frames.shape[1:3]
     ys, xs = np.mgrid[0:h, 0:w]

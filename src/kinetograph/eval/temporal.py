@@ -16,6 +16,7 @@ import numpy as np
 
 from kinetograph.eval.clips import check_video, luminance
 from kinetograph.eval.flow import FlowConfig, VideoFlow, sample, video_flow
+from kinetograph.eval.motion import pair_fits
 
 
 @dataclass(frozen=True)
@@ -83,22 +84,19 @@ def warping_error(
 def carry_over(video: np.ndarray, flow: VideoFlow | None = None, cfg: FlowConfig = FlowConfig()) -> float:
     """PSNR (dB, at flow resolution) of the last frame against frame 0 moved by the camera.
 
-    The camera motion is each frame pair's similarity fit (`motion.fit_similarity`, the one the
+    The camera motion is each frame pair's similarity fit (`motion.pair_fits`, the one the
     motion class reads), chained from frame 0 to the last frame; frame 0 warped by that chain is
     what a camera carrying the picture along would show. A faithful move keeps it (a rendered pan
     over a photo: ~30 dB and up), a still shot scores its own steadiness, and a video that smears
     the picture while moving scores low, which flicker and warping error miss (a smear is steady).
     Only pixels that frame 0 covers count. 100 dB for an exact copy.
     """
-    from kinetograph.eval.motion import fit_similarity, motion_mask  # motion builds on this module's flow
-
     flow = flow if flow is not None else video_flow(video, cfg)
     frames = flow.frames.astype(np.float64)
     h, w = frames.shape[1:3]
     c = np.array([(w - 1) / 2, (h - 1) / 2])
     chain = np.eye(3)
-    for pair in flow.pairs:
-        tx, ty, s, r = fit_similarity(pair.forward, motion_mask(pair))
+    for tx, ty, s, r in pair_fits(flow):
         a = np.array([[1 + s, -r], [r, 1 + s]])  # p -> p + f(p), about the centre c
         step = np.eye(3)
         step[:2, :2], step[:2, 2] = a, c + np.array([tx, ty]) - a @ c
