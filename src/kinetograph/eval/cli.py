@@ -7,7 +7,7 @@ it as a Typer command; the top-level CLI registers it with its own generator fac
     app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint, settings) -> fn
 
 `settings` holds only the generation options the user set (height, width, steps, sampler,
-text_guidance_scale, negative_prompt), under the pipeline's argument names; the rest are the preset's defaults.
+text_guidance_scale, min/max_guidance_scale, negative_prompt), under the pipeline's argument names; the rest are the preset's defaults.
 
 Importing this module is cheap: OpenCV, scikit-image, matplotlib and torch load only when
 `eval_command` runs, so `kinetograph --help` stays fast.
@@ -399,6 +399,12 @@ def make_eval_cli(
             float | None,
             typer.Option("--text-guidance", help="Text guidance scale (text-conditioned models); default: the preset's."),
         ] = None,
+        min_guidance: Annotated[
+            float | None, typer.Option("--min-guidance", help="Image guidance of the first frame; default: the preset's.")
+        ] = None,
+        max_guidance: Annotated[
+            float | None, typer.Option("--max-guidance", help="Image guidance of the last frame; default: the preset's.")
+        ] = None,
         negative_prompt: Annotated[
             str | None, typer.Option("--negative-prompt", help="Steer every case away from this text.")
         ] = None,
@@ -410,7 +416,8 @@ def make_eval_cli(
 
             clip = load_clip_embedders(clip_weights, allow_pickle=allow_pickle, device=device)
         options = dict(height=height, width=width, num_inference_steps=steps, sampler=sampler,
-                       text_guidance_scale=text_guidance, negative_prompt=negative_prompt)
+                       text_guidance_scale=text_guidance, min_guidance_scale=min_guidance,
+                       max_guidance_scale=max_guidance, negative_prompt=negative_prompt)
         generation = {k: v for k, v in options.items() if v is not None}
         if videos is not None and generation:
             raise InputError(f"--videos scores existing videos; drop the generation options ({', '.join(generation)})")
