@@ -8,6 +8,7 @@
                                              # does it move as fast as its training clips? (~1 min at 64x64)
     python bench/default_model.py --probe runs/default_model/finetune/checkpoints/step-*/ema.safetensors
                                              # does the stage-3 UNet carry an unseen photo over? (~1 min each)
+    python bench/default_model.py --transport FILE   # does the denoiser carry detail along a move? (~2 min)
     python bench/default_model.py --text-space  # can MiniLM's pooled vector alone tell the suite's wordings apart?
     python bench/default_model.py --ship runs/NAME/export/model.safetensors
                                              # ship that export instead of stage 3b's (float16, hash recorded)
@@ -295,6 +296,57 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
     return out
 
 
+def transport_probe(weights: Path, size: int = 256, speed: float = 11.3) -> dict:
+    """Can the denoiser carry the photo's detail along a move it knows? (the smear's cause)
+
+    Each held-out photo rendered as a pan left and a zoom in at `speed` (% of the width a second;
+    11.3 is bucket 145, the preset's default) with the captions' wording, noised at sigma 1 and
+    0.3, denoised in one step with the photo, caption and bucket, decoded: PSNR against the
+    rendered frames 1, 6 and 13 (median over photos), next to the autoencoder's own round trip.
+    Frame 1 has moved half a latent pixel, frame 13 six at 256x256: a denoiser that copies detail
+    from where it was in the photo keeps frame 13 near frame 1; one that cannot reach that far
+    blurs it. Sampling repeats this at every step, so a drop here is a smear in the video."""
+    import numpy as np
+    import torch
+    from skimage import data as skdata
+
+    from kinetograph.data import camera_motion as cm
+    from kinetograph.data.build import RECIPES
+    from kinetograph.pipeline.image_to_video import ImageToVideo
+    from kinetograph.pipeline.preprocess import load_image, resize_and_crop
+
+    recipe = RECIPES["default_model"].camera
+    render_cfg = cm.CameraMotionConfig(height=size, width=size, num_frames=recipe.num_frames, fps=recipe.fps)
+    pipe = ImageToVideo.from_checkpoint(weights, dtype=torch.float32)
+    sf, t = pipe.model.vae.cfg.scale_factor, recipe.num_frames
+    frames = (1, t // 2 - 1, t - 1)
+
+    def psnr(a, b) -> float:
+        return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+    rows: dict = {}
+    with torch.no_grad():
+        for kind in ("pan_left", "zoom_in"):
+            got: dict = {}
+            for name in HELD_OUT:
+                photo = np.asarray(resize_and_crop(load_image(getattr(skdata, name)()), size, size))
+                clip = cm.render(photo, cm.CameraMove(kind, speed), render_cfg, np.random.default_rng(0))
+                pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1  # (t, 3, h, w)
+                x0 = pipe.model.vae.encode(pixels) * sf
+                g = torch.Generator().manual_seed(0)
+                cond = pipe.encode_condition(pixels[:1], t, recipe.fps - 1, 145, 0.02, g)
+                cond = pipe.add_text(cond, cm.caption_for(kind, "fast", "the scene", np.random.default_rng(0)))
+                outs = {"autoencoder": pipe.decode(x0, t, t)}
+                for sigma in (1.0, 0.3):
+                    d = pipe.denoiser(x0 + sigma * torch.randn(x0.shape, generator=g), torch.tensor(sigma), cond)
+                    outs[f"sigma_{sigma:g}"] = pipe.decode(d, t, t)
+                for key, video in outs.items():
+                    for f in frames:
+                        got.setdefault(f"{key}_frame_{f}", []).append(psnr(video[f], clip[f]))
+            rows[kind] = {k: round(float(np.median(v)), 1) for k, v in got.items()}
+    return rows
+
+
 def text_space_probe(per_class: int = 60) -> dict:
     """How far the text encoder alone separates the suite's wordings: each wording of
     default_model_text labelled by its nearest training paraphrase (cosine, MiniLM's mean-pooled
@@ -375,6 +427,8 @@ def main() -> None:
     ap.add_argument("--motion", nargs="+", type=Path, metavar="FILE",
                     help="only print motion_probe of these model files (speed against the training clips')")
     ap.add_argument("--motion-size", type=int, default=64, help="frame size of the motion probe (default 64)")
+    ap.add_argument("--transport", nargs="+", type=Path, metavar="FILE",
+                    help="only print transport_probe of these model files (detail carried along a move)")
     ap.add_argument("--text-space", action="store_true",
                     help="only print how far MiniLM's pooled vector alone separates the suite's wordings")
     ap.add_argument("--ship", type=Path, metavar="FILE",
@@ -389,6 +443,10 @@ def main() -> None:
     if args.motion:
         for path in args.motion:
             print(path, json.dumps(motion_probe(path, args.motion_size)), flush=True)
+        return
+    if args.transport:
+        for path in args.transport:
+            print(path, json.dumps(transport_probe(path)), flush=True)
         return
     if args.text_space:
         print(json.dumps(text_space_probe()))

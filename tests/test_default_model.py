@@ -1,8 +1,8 @@
 """The default-model mechanism: `generate` without --checkpoint uses the file at
 `default_model.PATH`, checked against its recorded SHA-256, and says what to do when there is none.
 
-The shipped model itself is not committed yet (docs/model-card.md); these tests put a tiny
-text model in its place.
+These tests put a tiny text model in the shipped file's place, so that they check the mechanism
+whatever ships; tests/test_shipped_model.py checks the shipped file itself.
 """
 
 from __future__ import annotations
