@@ -296,7 +296,7 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
     return out
 
 
-def transport_probe(weights: Path, size: int = 256, speed: float = 11.3) -> dict:
+def transport_probe(weights: Path, size: int = 256, speed: float = 11.3, photos: tuple[str, ...] = HELD_OUT) -> dict:
     """Can the denoiser carry the photo's detail along a move it knows? (the smear's cause)
 
     Each held-out photo rendered as a pan left and a zoom in at `speed` (% of the width a second;
@@ -328,7 +328,7 @@ def transport_probe(weights: Path, size: int = 256, speed: float = 11.3) -> dict
     with torch.no_grad():
         for kind in ("pan_left", "zoom_in"):
             got: dict = {}
-            for name in HELD_OUT:
+            for name in photos:
                 photo = np.asarray(resize_and_crop(load_image(getattr(skdata, name)()), size, size))
                 clip = cm.render(photo, cm.CameraMove(kind, speed), render_cfg, np.random.default_rng(0))
                 pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1  # (t, 3, h, w)

@@ -85,3 +85,24 @@ def test_a_short_generation_moves_as_prompted(pipe: ImageToVideo, prompt: str, e
 def test_a_zoom_goes_the_prompted_way(pipe: ImageToVideo, prompt: str, expected: str):
     motion = generate(pipe, prompt)
     assert motion.direction.value == expected, motion
+
+
+def test_the_transport_probe_measures_detail_lost_to_noise_and_travel():
+    """bench/default_model.py --transport (the model card's account of the smear), on one held-out
+    photo at 128x128: the autoencoder keeps a rendered move, the one-step denoiser keeps less of
+    it from more noise and from further travel, and nowhere falls to noise (which a clip and
+    its conditioning out of step, or frames compared out of order, would give)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "default_model.py"
+    spec = importlib.util.spec_from_file_location("bench_default_model", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.transport_probe(default_model.PATH, size=128, photos=("coffee",))
+    assert set(rows) == {"pan_left", "zoom_in"}
+    for move, r in rows.items():
+        assert all(r[f"autoencoder_frame_{f}"] > 22 for f in (1, 6, 13)), (move, r)
+        assert r["sigma_0.3_frame_1"] > r["sigma_1_frame_13"], (move, r)
+        assert all(r[f"autoencoder_frame_{f}"] > r[f"sigma_1_frame_{f}"] for f in (1, 6, 13)), (move, r)
+        assert min(r.values()) > 16, (move, r)  # coffee: 18.0 at worst; a frame against the wrong one: 12-15
