@@ -300,8 +300,8 @@ def transport_probe(weights: Path, size: int = 256, speed: float = 11.3, photos:
     """Can the denoiser carry the photo's detail along a move it knows? (the smear's cause)
 
     Each held-out photo rendered as a pan left and a zoom in at `speed` (% of the width a second;
-    11.3 is bucket 145, the preset's default) with the captions' wording, noised at sigma 1 and
-    0.3, denoised in one step with the photo, caption and bucket, decoded: PSNR against the
+    11.3 is bucket 144, next to the preset's default 145) with the captions' wording, noised at
+    sigma 1 and 0.3, denoised in one step with the photo, caption and the preset's bucket, decoded: PSNR against the
     rendered frames 1, 6 and 13 (median over photos), next to the autoencoder's own round trip.
     Frame 1 has moved half a latent pixel, frame 13 six at 256x256: a denoiser that copies detail
     from where it was in the photo keeps frame 13 near frame 1; one that cannot reach that far
@@ -312,17 +312,15 @@ def transport_probe(weights: Path, size: int = 256, speed: float = 11.3, photos:
 
     from kinetograph.data import camera_motion as cm
     from kinetograph.data.build import RECIPES
+    from kinetograph.eval.fidelity import psnr
     from kinetograph.pipeline.image_to_video import ImageToVideo
     from kinetograph.pipeline.preprocess import load_image, resize_and_crop
 
     recipe = RECIPES["default_model"].camera
     render_cfg = cm.CameraMotionConfig(height=size, width=size, num_frames=recipe.num_frames, fps=recipe.fps)
     pipe = ImageToVideo.from_checkpoint(weights, dtype=torch.float32)
-    sf, t = pipe.model.vae.cfg.scale_factor, recipe.num_frames
+    sf, t, defaults = pipe.model.vae.cfg.scale_factor, recipe.num_frames, pipe.preset.sampling
     frames = (1, t // 2 - 1, t - 1)
-
-    def psnr(a, b) -> float:
-        return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
     rows: dict = {}
     with torch.no_grad():
@@ -334,7 +332,8 @@ def transport_probe(weights: Path, size: int = 256, speed: float = 11.3, photos:
                 pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1  # (t, 3, h, w)
                 x0 = pipe.model.vae.encode(pixels) * sf
                 g = torch.Generator().manual_seed(0)
-                cond = pipe.encode_condition(pixels[:1], t, recipe.fps - 1, 145, 0.02, g)
+                cond = pipe.encode_condition(pixels[:1], t, recipe.fps - 1, defaults.motion_bucket_id,
+                                             defaults.noise_aug_strength, g)
                 cond = pipe.add_text(cond, cm.caption_for(kind, "fast", "the scene", np.random.default_rng(0)))
                 outs = {"autoencoder": pipe.decode(x0, t, t)}
                 for sigma in (1.0, 0.3):
