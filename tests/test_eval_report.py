@@ -218,11 +218,13 @@ def test_cli_command(tmp_path):
     result = runner.invoke(
         app,
         ["eval", "--checkpoint", "m.safetensors", "--suite", str(suite), "-o", str(tmp_path / "r2"),
-         "--height", "64", "--width", "96", "--steps", "6", "--sampler", "heun", "--text-guidance", "2.5", "--negative-prompt", "a still shot", "--min-guidance", "1", "--max-guidance", "1.5"],
+         "--height", "64", "--width", "96", "--steps", "6", "--sampler", "heun", "--text-guidance", "2.5", "--negative-prompt", "a still shot", "--min-guidance", "1", "--max-guidance", "1.5",
+         "--no-pin-first-frame"],
     )
     assert result.exit_code == 0, result.output
     settings = dict(height=64, width=96, num_inference_steps=6, sampler="heun", text_guidance_scale=2.5,
-                    min_guidance_scale=1.0, max_guidance_scale=1.5, negative_prompt="a still shot")
+                    min_guidance_scale=1.0, max_guidance_scale=1.5, negative_prompt="a still shot",
+                    pin_first_frame=False)
     assert made[-1] == (Path("m.safetensors"), settings)
     assert json.loads((tmp_path / "r2" / "report.json").read_text())["settings"]["generation"] == settings
     result = runner.invoke(app, ["eval", "--videos", str(tmp_path), "--steps", "4", "-o", str(tmp_path / "r5")])

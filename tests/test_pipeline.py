@@ -103,6 +103,27 @@ def test_stochastic_sampler_follows_the_seed(ours, photo):
     assert not torch.equal(ours(photo, seed=3, **kw), ours(photo, seed=4, **kw))
 
 
+def test_pinned_first_frame_ends_on_the_image_latent_and_the_others_follow_it(ours, photo):
+    """pin_first_frame: the sampler's last step returns the denoiser's estimate, so frame 0 is the
+    clean image's latent exactly; unpinned (SVD's way) it is generated. The other frames see the
+    pinned frame 0 through the temporal layers, so they change too."""
+    from kinetograph.pipeline.preprocess import image_to_tensor, load_image, resize_and_crop
+
+    f = ours.model.cfg.vae.downsample_factor
+    noise = torch.randn(1, 4, 4, SIZE // f, SIZE // f, generator=torch.Generator().manual_seed(2))
+    kw = dict(SETTINGS, output_type="latent", latents=noise, seed=0)
+    pixels = image_to_tensor(resize_and_crop(load_image(photo), SIZE, SIZE))
+    with torch.no_grad():
+        clean = ours.model.vae.encode(pixels) * ours.model.cfg.vae.scale_factor
+    pinned = ours(photo, pin_first_frame=True, **kw)
+    free = ours(photo, pin_first_frame=False, **kw)
+    assert torch.equal(pinned[0, 0], clean[0])
+    assert (free[0, 0] - clean[0]).abs().max() > 1e-2
+    assert not torch.equal(pinned[0, 1:], free[0, 1:])
+    assert torch.equal(free, ours(photo, **kw))  # the tiny preset keeps SVD's behaviour
+    assert torch.equal(pinned, ours(photo, pin_first_frame=True, **kw))
+
+
 def test_bad_arguments_are_input_errors(ours, photo):
     m = ours.size_multiple
     assert m == ours.model.cfg.vae.downsample_factor * 2 ** (len(ours.model.cfg.unet.channel_mult) - 1)

@@ -263,6 +263,9 @@ def test_vae_decoder_only_training_keeps_the_encoder_and_its_latents(data: Path,
     assert enc and dec
     assert all(torch.equal(before_sd[k], after_sd[k]) for k in enc)  # same latent space
     assert sum(not torch.equal(before_sd[k], after_sd[k]) for k in dec) > len(dec) // 2
+    # ... and its scale: a UNet trained on the init's latents sees the same numbers (the run's
+    # own calibration on other batches would move it).
+    assert load_checkpoint(after).model.cfg.vae.scale_factor == load_checkpoint(init).model.cfg.vae.scale_factor
     with pytest.raises(InputError, match="decoder"):
         tiny_cfg(data, tmp_path / "x", "finetune", model={"train": "decoder"})
 

@@ -1,5 +1,5 @@
 """Text in training: captions reach the UNet, the three drop events, text-to-image stage 1,
-adding a text branch to an image-only checkpoint, and a text model trained end to end."""
+adding a text branch (or attention at more levels) to a checkpoint, and a text model trained end to end."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from kinetograph.presets import PRESETS
 from kinetograph.training.config import from_dict, with_overrides
 from kinetograph.training.loop import build_model, train
 from kinetograph.training.rng import SampleRNG
-from kinetograph.training.stages import CaptionEncoder, add_text_branch, make_stage, unet_network
+from kinetograph.training.stages import CaptionEncoder, add_attention, add_text_branch, make_stage, unet_network
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,42 @@ def test_add_text_branch_keeps_the_image_only_model_exactly(tmp_path):
                    model={"preset": "tiny", "init": str(init), "text_encoder": "minilm-l6-v2"})
     model, preset = build_model(cfg, make_stage(cfg))
     assert preset == "tiny" and model.cfg.text_encoder == "minilm-l6-v2"
+
+
+@pytest.mark.parametrize(("base", "grow"), [((1,), (2,)), ((2,), (1,))])
+def test_add_attention_keeps_the_model_exactly_and_saves_in_the_official_layout(tmp_path, base, grow):
+    """Growing attention at a level changes no output; where the level's output block has an
+    upsampler (factor 2 here), that moves from entry 1 to entry 2, as in an official file."""
+    from dataclasses import replace
+
+    cfg = PRESETS["tiny"].model
+    small = randomize_(SVD(replace(cfg, unet=replace(cfg.unet, attention_resolutions=base))), seed=1, std=0.05)
+    grown = add_attention(small, grow)
+    assert grown.cfg.unet.attention_resolutions == (2, 1)
+    g = torch.Generator().manual_seed(0)
+    b, t = 1, 2
+    x = torch.randn(b * t, 8, 8, 8, generator=g)
+    ctx = torch.randn(b * t, 1, 32, generator=g)
+    y = torch.randn(b * t, 48, generator=g)
+    with torch.no_grad():
+        ref = small.unet(x, torch.ones(b * t), ctx, y, t, torch.zeros(b, t))
+        out = grown.unet(x, torch.ones(b * t), ctx, y, t, torch.zeros(b, t))
+    assert torch.equal(ref, out)
+    # The grown model has every key of a model built with that attention, and trains: its new
+    # blocks get gradients (through the zero projection, into the projection itself).
+    assert set(grown.state_dict()) == set(SVD(cfg).state_dict())
+    grown.unet(x, torch.ones(b * t), ctx, y, t, torch.zeros(b, t)).square().mean().backward()
+    new_out = [p for n, p in grown.unet.named_parameters() if n.endswith("proj_out.weight")]
+    assert all(p.grad is not None for p in new_out) and any(p.grad.abs().sum() > 0 for p in new_out)
+    # Through the config: the init checkpoint gets the attention, and the export loads back as is.
+    init = save_original(small, tmp_path / "small.safetensors", "tiny")
+    run_cfg = text_cfg(tmp_path, tmp_path / "a", "finetune",
+                       model={"preset": "tiny", "init": str(init), "attention_resolutions": list(grow)})
+    model, preset = build_model(run_cfg, make_stage(run_cfg))
+    assert preset == "tiny" and model.cfg.unet.attention_resolutions == (2, 1)
+    back = load_checkpoint(save_original(model, tmp_path / "grown.safetensors", "tiny")).model
+    with torch.no_grad():
+        assert torch.equal(back.unet(x, torch.ones(b * t), ctx, y, t, torch.zeros(b, t)), ref)
 
 
 def test_text_model_trains_through_the_stages_and_generates_with_a_prompt(data: Path, tmp_path: Path):

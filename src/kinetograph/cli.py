@@ -89,6 +89,11 @@ def generate(
     min_guidance: Annotated[float | None, typer.Option("--min-guidance", help="Guidance scale of the first frame.")] = None,
     max_guidance: Annotated[float | None, typer.Option("--max-guidance", help="Guidance scale of the last frame.")] = None,
     guidance_ramp: Annotated[str, typer.Option("--guidance-ramp", help="linear or triangle.")] = "linear",
+    pin_first_frame: Annotated[
+        bool | None,
+        typer.Option("--pin-first-frame/--no-pin-first-frame",
+                     help="Frame 0 is the input image itself (default: the preset's; SVD's: off)."),
+    ] = None,
     decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun, dpmpp_2m or euler_ancestral (stochastic, seeded).")] = "euler",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 23,
@@ -146,6 +151,7 @@ def generate(
             seed=seed,
             sampler=sampler,
             guidance_ramp=guidance_ramp,
+            pin_first_frame=pin_first_frame,
             callback=progress,
         )
     for bar in bars:

@@ -140,6 +140,7 @@ class ImageToVideo:
         generator: torch.Generator | None = None,
         sampler: str = "euler",
         guidance_ramp: str = "linear",
+        pin_first_frame: bool | None = None,
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "video",
     ) -> Video | torch.Tensor:
@@ -153,6 +154,7 @@ class ImageToVideo:
         `text_guidance_scale`: for text-conditioned models the text term of the compositional
         guidance (0 = image only), for official weights with an OpenCLIP text tower the steering
         strength in CLIP space (0 = unchanged); `negative_prompt` is what to steer away from.
+        `pin_first_frame`: frame 0 is the image's own latent (SamplingDefaults.pin_first_frame).
         """
         d = self.preset.sampling
         height, width = height or d.height, width or d.width
@@ -164,6 +166,7 @@ class ImageToVideo:
         motion = d.motion_bucket_id if motion_bucket_id is None else motion_bucket_id
         aug = d.noise_aug_strength if noise_aug_strength is None else noise_aug_strength
         chunk = decode_chunk_size or d.decode_chunk_size
+        pin = d.pin_first_frame if pin_first_frame is None else pin_first_frame
         self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
         text_model = self.model.cfg.unet.text_dim > 0
         steer = not text_model and self.text_encoder is not None
@@ -204,6 +207,10 @@ class ImageToVideo:
             guided = TextImageGuidedDenoiser(self.denoiser, text_cond, ramp, text_guidance_scale, negative)
         else:
             guided = GuidedDenoiser(self.denoiser, cond, cond.zeroed(), ramp)
+
+        if pin:
+            clean = self.model.vae.encode(pixels.float()) * self.model.cfg.vae.scale_factor  # (1, c, h, w)
+            guided = PinnedFirstFrame(guided, clean, num_frames)
 
         def on_step(i, n, x, denoised):
             if callback is not None:
@@ -319,3 +326,18 @@ class ImageToVideo:
             raise InputError(f"unknown guidance ramp {ramp!r}; choose one of {', '.join(GUIDANCE_RAMPS)}")
         if output_type not in ("video", "latent"):
             raise InputError(f"output_type must be 'video' or 'latent', got {output_type!r}")
+
+
+class PinnedFirstFrame:
+    """A denoiser whose estimate of each video's frame 0 is `latent`, the input image's clean
+    latent: the sampler then takes frame 0 from its noise straight to the image (its noise level
+    stays the schedule's at every step, as the other frames expect) and ends on it exactly."""
+
+    def __init__(self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latent: torch.Tensor,
+                 num_frames: int) -> None:
+        self.denoiser, self.latent, self.num_frames = denoiser, latent, num_frames
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.denoiser(x, sigma).clone()
+        out[:: self.num_frames] = self.latent.to(out.dtype)
+        return out

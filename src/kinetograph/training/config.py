@@ -39,6 +39,10 @@ class ModelConfig:
     # file) to a text-blind init checkpoint; its output starts at zero, so training starts from
     # exactly the image-only model. "" = the model's own (none for official SVD weights).
     text_encoder: str = ""
+    # Add spatio-temporal attention at these downsample factors (2**level, e.g. (1,) for the finest
+    # level) to an init checkpoint that lacks it; each new block's output projection starts at zero,
+    # so training starts from exactly the init model. () = the model's own attention.
+    attention_resolutions: tuple[int, ...] = ()
     # Stage vae, at export: rescale each latent channel to unit std (exact: `VAE.rescale_latent_channels`)
     # before the global scale factor is measured. For autoencoders whose channels differ widely.
     standardize_latent_channels: bool = False

@@ -35,7 +35,7 @@ from kinetograph.training.distributed import Dist, all_mean, barrier, init_distr
 from kinetograph.training.ema import EMA
 from kinetograph.training.lora import merge_lora
 from kinetograph.training.rng import SampleRNG
-from kinetograph.training.stages import Stage, add_text_branch, make_stage
+from kinetograph.training.stages import Stage, add_attention, add_text_branch, make_stage
 
 
 @dataclass
@@ -175,6 +175,8 @@ def build_model(cfg: TrainConfig, stage: Stage) -> tuple[SVD, str]:
             model, preset = SVD(PRESETS[cfg.model.preset].model), cfg.model.preset
         if cfg.model.text_encoder:
             model = add_text_branch(model, cfg.model.text_encoder)
+        if cfg.model.attention_resolutions:
+            model = add_attention(model, cfg.model.attention_resolutions)
         stage.prepare(model)
     return model, preset
 

@@ -465,9 +465,14 @@ class VAEStage(Stage):
     def calibrate(self, model: SVD, batches: Iterator[dict], d, n_batches: int = 4) -> float:
         """Set the latent scale factor to 1 / std of posterior samples over a few batches (as SD chose
         0.18215), so the diffusion stages see unit-variance latents; stored in the exported config.
-        With model.standardize_latent_channels, each channel is first rescaled to unit std."""
+        With model.standardize_latent_channels, each channel is first rescaled to unit std. A
+        decoder-only run from an init keeps the init's scale (its encoder is frozen)."""
         from kinetograph.training.distributed import all_mean
 
+        if self.cfg.model.train == "decoder" and self.cfg.model.init:
+            # The init's encoder, and with it the latents' scale, is unchanged: a UNet trained on
+            # those latents (the init's own) stays valid only if the scale does too.
+            return model.cfg.vae.scale_factor
         device = next(model.vae.parameters()).device
         frames = [rearrange(next(batches)["video"].to(device), "b t c h w -> (b t) c h w") for _ in range(n_batches)]
 
@@ -603,6 +608,37 @@ def add_text_branch(model: SVD, encoder_spec: str) -> SVD:
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     assert all(any(k in m for k in ("attn_text", "norm_text", "text_emb")) for m in missing), missing
+    return new
+
+
+def add_attention(model: SVD, factors: tuple[int, ...]) -> SVD:
+    """`model` with spatio-temporal attention also at the downsample factors `factors` (same outputs).
+
+    The new `SpatialVideoTransformer`s end in a zero-initialised projection, so each is the
+    identity until trained; every other weight is copied. Keys keep the official layout: a level's
+    transformer is entry 1 of its input and output blocks, whose upsampler (if any) moves from
+    entry 1 to entry 2, so those are renamed.
+    """
+    unet = model.cfg.unet
+    wanted = tuple(sorted(set(unet.attention_resolutions) | set(factors), reverse=True))
+    if wanted == unet.attention_resolutions:
+        return model
+    cfg = replace(model.cfg, unet=replace(unet, attention_resolutions=wanted))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        new = SVD(cfg)
+    old = {k: v for k, v in model.state_dict().items()}
+    # Output blocks of a level that gains attention: its upsampler, entry 1 before, is entry 2 now.
+    moved = {}
+    for i, block in enumerate(new.unet.output_blocks):
+        if len(block) == 3 and len(model.unet.output_blocks[i]) == 2:
+            prefix = f"unet.output_blocks.{i}.1."
+            moved.update({k: f"unet.output_blocks.{i}.2." + k[len(prefix):] for k in old if k.startswith(prefix)})
+    sd = {moved.get(k, k): v for k, v in old.items()}
+    missing, unexpected = new.load_state_dict(sd, strict=False)
+    assert not unexpected, unexpected[:3]
+    added = {n for n, m in new.unet.named_modules() if type(m).__name__ == "SpatialVideoTransformer"}
+    assert all(any(k.startswith(f"unet.{a}.") for a in added) for k in missing), missing[:3]
     return new
 
 
