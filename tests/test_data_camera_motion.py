@@ -98,7 +98,7 @@ def _suite_prompts() -> list[str]:
     from importlib import resources
 
     suites = resources.files("kinetograph.eval") / "suites"
-    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json")
+    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json", "default_model_val.json")
             for p in json.loads((suites / name).read_text())["prompts"]]
 
 
@@ -112,7 +112,10 @@ def test_paraphrases_name_their_move_and_leave_the_evaluation_wordings_unseen():
             "zoom_in": "zoom_in", "zoom_out": "zoom_out"}
     held_out = {p.lower() for p in _suite_prompts()}
     telltale = ("drift", "angles", "sky", "ground", "closer", "stays", "motionless", "perfectly", "fixed", "side",
-                "show more", "away")
+                "show more", "away",
+                # the validation suite's (default_model_val.json)
+                "scroll", "further", "looks upward", "looks downward", "lifts", "lowers", "of the frame", "magnif",
+                "enlarge", "nearer", "reveals more", "surroundings", "shrink", "farther", "frozen", "changes")
     rng = np.random.default_rng(0)
     for kind in cm.MOTIONS:
         seen = set()
