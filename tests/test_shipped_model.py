@@ -54,17 +54,17 @@ CASES = [
     ("the view tilts down toward the bottom", "down"),
     ("a still shot of it", "static"),
 ]
-# Zooms: 3 of the text suite's 8 zoom cases pass at 20 steps (docs/model-card.md); on coffee at 12
-# steps they go the prompted way at 0.29-0.33 px/frame, under the evaluation's static threshold
-# (0.36), so for them this asserts the way only, `CameraMotion.direction`, and the model card
-# carries the miss.
+# Zooms: 6 of the text suite's 8 zoom cases pass at 256x256 and 20 steps (docs/model-card.md), some
+# near the evaluation's static threshold (0.36 px/frame); at 128x128 and 12 steps they move less,
+# so for them this asserts the way only, `CameraMotion.direction`, and the model card carries the
+# misses.
 ZOOMS = [
     ("the shot pushes in closer", "zoom_in"),
     ("the shot pulls back", "zoom_out"),
 ]
-# Frame 0 against the photo: 18.8-23.5 dB for these cases (the autoencoder alone gives 24.6 dB on
-# coffee at 256x256; the text suite's mean over four photos is 23.7 dB, the target 24).
-MIN_PSNR = 18.0
+# Frame 0 against the photo: pinned to it (the preset's default), so it is the autoencoder's round
+# trip (22.1 dB on coffee at 128x128, 24.6 at 256; generated instead it kept 18.8-23.5 here).
+MIN_PSNR = 21.5
 
 
 def generate(pipe: ImageToVideo, prompt: str):

@@ -208,10 +208,20 @@ _GERUNDS = {"pan": ("Panning", "Tracking", "Trucking", "Dollying"), "tilt": ("Ti
 _NOUNS = {"pan": ("pan", "tracking shot", "truck"), "tilt": ("tilt", "crane shot", "boom shot")}
 _ZOOM_IN = ("The camera zooms in{adv} on {s}.", "The camera pushes in{adv} on {s}.", "The camera dollies in{adv} on {s}.",
             "Zooming in{adv} on {s}.", "{S}, {adj}zoom in.", "A {adj}zoom into {s}.", "The camera moves forward{adv} into {s}.",
-            "A {adj}dolly in on {s}.", "The camera{adv} approaches {s}.")
+            "A {adj}dolly in on {s}.", "The camera{adv} approaches {s}.",
+            # session 12: more shapes, as pans have (a model read zooms only in words close to these)
+            "The camera glides in{adv} toward {s}.", "The camera travels forward{adv} toward {s}.",
+            "The view zooms{adv} into {s}.", "A {adj}push in on {s}.", "Pushing in{adv} on {s}.",
+            "The shot zooms in{adv} toward {s}.", "{S}, the camera dollies forward{adv}.",
+            "Dollying forward{adv} toward {s}.", "The camera{adv} moves in on {s}.", "A {adj}zoom-in on {s}.",
+            "The camera zooms inward{adv} on {s}.")
 _ZOOM_OUT = ("The camera zooms out{adv} from {s}.", "The camera pulls out{adv} from {s}.", "The camera dollies out{adv} from {s}.",
              "Zooming out{adv} from {s}.", "{S}, {adj}zoom out.", "A {adj}pull back from {s}.", "The view widens out{adv} on {s}.",
-             "The camera pulls back{adv} to reveal {s}.", "A {adj}dolly out from {s}.")
+             "The camera pulls back{adv} to reveal {s}.", "A {adj}dolly out from {s}.",
+             "The camera glides back{adv} from {s}.", "The camera travels backward{adv} from {s}.",
+             "Pulling out{adv} from {s}.", "Pulling back{adv} from {s}.", "The view zooms{adv} out from {s}.",
+             "A {adj}zoom-out from {s}.", "Dollying back{adv} from {s}.", "{S}, the camera dollies backward{adv}.",
+             "The shot widens{adv} around {s}.", "The camera zooms out{adv} to take in {s}.")
 _STATIC = ("A still shot of {s}.", "{S}, static camera.", "The camera holds steady on {s}.", "A locked-off shot of {s}.",
            "{S}, shot on a tripod.", "A stationary camera looks at {s}.", "{S}, no camera movement.",
            "The camera does not move.", "The camera remains static on {s}.", "A static shot of {s}.")
