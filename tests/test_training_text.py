@@ -207,6 +207,14 @@ def test_add_attention_keeps_the_model_exactly_and_saves_in_the_official_layout(
     back = load_checkpoint(save_original(model, tmp_path / "grown.safetensors", "tiny")).model
     with torch.no_grad():
         assert torch.equal(back.unet(x, torch.ones(b * t), ctx, y, t, torch.zeros(b, t)), ref)
+    # A level the model does not have: an input error naming the key, and no run folder left behind.
+    from kinetograph.errors import InputError
+
+    bad = text_cfg(tmp_path, tmp_path / "bad", "finetune",
+                   model={"preset": "tiny", "init": str(init), "attention_resolutions": [4]})
+    with pytest.raises(InputError, match="model.attention_resolutions"):
+        train(bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_text_model_trains_through_the_stages_and_generates_with_a_prompt(data: Path, tmp_path: Path):

@@ -61,15 +61,15 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
         torch.set_num_threads(cfg.run.threads)
     out = Path(cfg.run.out_dir)
     start_ckpt = _check_run_dir(cfg, out, resume)
-    barrier(d)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(config_io.to_toml(cfg))
     amp_dtype = _autocast_dtype(cfg, d.device)
 
     # -- model: init checkpoint or seeded random weights, stage changes, trained part, wrapping
     stage = make_stage(cfg)
     model, stage.preset_name = build_model(cfg, stage)
+    barrier(d)
+    if d.is_main:  # only once the model builds: a config that cannot leaves no run folder behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(config_io.to_toml(cfg))
     model.to(d.device)
     trainable = stage.trainable(model)
     model.requires_grad_(False)

@@ -40,6 +40,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from kinetograph.conditioning import Cond, drop_conditioning
+from kinetograph.errors import InputError
 from kinetograph.diffusion.denoiser import Denoiser, Network, VScalingEDMcNoise
 from kinetograph.diffusion.samplers import sample_euler
 from kinetograph.diffusion.schedules import init_noise_scale, karras_sigmas
@@ -620,6 +621,10 @@ def add_attention(model: SVD, factors: tuple[int, ...]) -> SVD:
     entry 1 to entry 2, so those are renamed.
     """
     unet = model.cfg.unet
+    levels = [2**level for level in range(len(unet.channel_mult))]
+    if not set(factors) <= set(levels):
+        raise InputError(f"model.attention_resolutions {list(factors)}: this model's levels have downsample "
+                         f"factors {', '.join(map(str, levels))}; choose among those")
     wanted = tuple(sorted(set(unet.attention_resolutions) | set(factors), reverse=True))
     if wanted == unet.attention_resolutions:
         return model
