@@ -48,7 +48,7 @@ from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.layers import AlphaBlender, ResBlock, timestep_embedding
 from kinetograph.models.svd import SVD
 from kinetograph.models.text import TextEncoder, check_text_encoder, load_text_encoder
-from kinetograph.models.unet import VideoTransformerBlock, VideoUNet
+from kinetograph.models.unet import SpatialVideoTransformer, VideoTransformerBlock, VideoUNet
 from kinetograph.models.vae import VAE
 from kinetograph.training.config import TrainConfig
 from kinetograph.training.loss import EDMLoss, VAELoss
@@ -632,18 +632,15 @@ def add_attention(model: SVD, factors: tuple[int, ...]) -> SVD:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         new = SVD(cfg)
-    old = {k: v for k, v in model.state_dict().items()}
-    # Output blocks of a level that gains attention: its upsampler, entry 1 before, is entry 2 now.
-    moved = {}
+    sd = model.state_dict()
     for i, block in enumerate(new.unet.output_blocks):
-        if len(block) == 3 and len(model.unet.output_blocks[i]) == 2:
-            prefix = f"unet.output_blocks.{i}.1."
-            moved.update({k: f"unet.output_blocks.{i}.2." + k[len(prefix):] for k in old if k.startswith(prefix)})
-    sd = {moved.get(k, k): v for k, v in old.items()}
+        if len(block) == 3 and len(model.unet.output_blocks[i]) == 2:  # gained attention before its upsampler
+            up = f"unet.output_blocks.{i}.1."
+            sd = {f"unet.output_blocks.{i}.2.{k[len(up):]}" if k.startswith(up) else k: v for k, v in sd.items()}
     missing, unexpected = new.load_state_dict(sd, strict=False)
     assert not unexpected, unexpected[:3]
-    added = {n for n, m in new.unet.named_modules() if type(m).__name__ == "SpatialVideoTransformer"}
-    assert all(any(k.startswith(f"unet.{a}.") for a in added) for k in missing), missing[:3]
+    # Only the new transformers start fresh: "unet.<input|output>_blocks.<i>.1.<...>".
+    assert all(isinstance(new.get_submodule(".".join(k.split(".")[:4])), SpatialVideoTransformer) for k in missing)
     return new
 
 
