@@ -55,6 +55,25 @@ CASES = [
     ("dolly in", ZI),
     ("the camera moves closer to the door", ZI),
     ("camera slowly approaches the house", ZI),
+    # zoom in, said by what it does to the picture
+    ("the lighthouse grows larger in view", ZI),
+    ("the cat gets bigger and bigger", ZI),
+    ("the mountain looms larger", ZI),
+    ("the framing tightens on her face", ZI),
+    ("a tighter and tighter view of the flower", ZI),
+    ("we move in slowly on the house", ZI),
+    ("the dog fills more and more of the screen", ZI),
+    ("a bigger dog", None),  # a size, not a change
+    # zoom out, said by what it does to the picture
+    ("the boat grows smaller in view", ZO),
+    ("the house becomes tiny in the scene", ZO),
+    ("the village recedes into the distance", ZO),
+    ("more of the scene comes into view", ZO),
+    ("the view opens up around the tower", ZO),
+    ("a wider and wider view of the bay", ZO),
+    ("we back off from the statue", ZO),
+    ("a smaller boat next to a ship", None),
+    ("the tower grows larger, then the camera pans left", None),  # two moves: no single class
     # zoom out
     ("zoom out to reveal the city", ZO),
     ("zooms out slowly", ZO),

@@ -9,8 +9,12 @@ Recognised wordings (case-insensitive; see docs/evaluation.md for the table):
   slowly drifts right", "the view sweeps left". "The camera/view rises" is up, "... drops" down.
 - zoom in: "zoom(s/ing) in/into", "push(es) in", "dolly in/forward", "camera moves closer /
   forward / towards ...", "camera approaches".
+  Or what it does to the picture: "grows/gets/looms/becomes larger/bigger", "fills more and
+  more", "the framing/view tightens/narrows", "tighter and tighter", "we move in on".
 - zoom out: "zoom(s/ing) out", "pull(s) back/out/away", "dolly out/back", "camera moves back /
-  away / backwards", "widen(s) out".
+  away / backwards", "widen(s) out". Or what it does to the picture: "grows/gets/becomes
+  smaller/tiny", "recedes", "more of the scene comes into view", "the framing/view/scene
+  loosens/opens up", "wider and wider", "backs off".
 - static: "static", "still camera", "camera is/stays/remains still/static/fixed/stationary",
   "camera holds steady/still",
   "locked-off", "on a tripod", "fixed camera", "stationary camera", "no camera motion/movement",
@@ -54,6 +58,13 @@ _ZOOM_IN = [
     r"\bcamera\W+(?:[\w-]+\W+){0,2}?(?:moves?|moving|moved|travels?|travell?ing|glides?|gliding)"
     r"\W+(?:[\w-]+\W+){0,1}?(?:closer|forwards?|towards?|in)\b",
     r"\bcamera\W+(?:[\w-]+\W+){0,1}?approach(?:es|ing)?\b",
+    # what a zoom in does to the picture: "the dog grows larger", "a tighter and tighter view"
+    r"\b(?:grows?|growing|grew|gets?|getting|got|looms?|looming|loomed|becomes?|becoming|became)"
+    r"\W+(?:[\w-]+\W+){0,1}?(?:larger|bigger)\b",
+    r"\bfills?\W+more\W+and\W+more\b",
+    r"\b(?:framing|view|shot)\W+(?:[\w-]+\W+){0,1}?(?:tightens?|tightening|narrows?|narrowing)\b",
+    r"\btighter\W+and\W+tighter\b",
+    r"\b(?:we|camera)\W+(?:[\w-]+\W+){0,1}?(?:move|moves|go|goes)\W+in\W+(?:\w+ly\W+)?on\b",
 ]
 _ZOOM_OUT = [
     r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?out\b",
@@ -62,6 +73,14 @@ _ZOOM_OUT = [
     r"\bcamera\W+(?:[\w-]+\W+){0,2}?(?:moves?|moving|moved|travels?|travell?ing|glides?|gliding)"
     r"\W+(?:[\w-]+\W+){0,1}?(?:back|backwards?|away)\b",
     r"\bwiden(?:s|ed|ing)?(?:\W+out)?\b",
+    # what a zoom out does to the picture: "the dog grows smaller", "more of the scene comes into view"
+    r"\b(?:grows?|growing|grew|gets?|getting|got|becomes?|becoming|became)"
+    r"\W+(?:[\w-]+\W+){0,1}?(?:smaller|tiny|tinier)\b",
+    r"\brecede(?:s|d)?\b|\breceding\b",
+    r"\bmore\W+(?:and\W+more\W+)?of\W+the\W+\w+\W+comes?\W+into\W+view\b",
+    r"\b(?:framing|view|scene)\W+(?:[\w-]+\W+){0,1}?(?:loosens?|loosening|opens?\W+(?:up|out))\b",
+    r"\bwider\W+and\W+wider\b",
+    r"\bback(?:s|ed|ing)?\W+off\b",
 ]
 _STATIC = [
     r"\bstatic\b",
