@@ -55,6 +55,13 @@ CASES = [
     ("dolly in", ZI),
     ("the camera moves closer to the door", ZI),
     ("camera slowly approaches the house", ZI),
+    # tilts named by where they end
+    ("the camera tilts slowly toward the ceiling", U),
+    ("tilting toward the sky", U),
+    ("a crane shot towards the rooftops", U),
+    ("the camera tilts down toward the floor", D),
+    ("a shot tilting toward the ground", D),
+    ("the dog walks toward the street", None),
     # zoom in, said by what it does to the picture
     ("the lighthouse grows larger in view", ZI),
     ("the cat gets bigger and bigger", ZI),

@@ -7,6 +7,8 @@ Recognised wordings (case-insensitive; see docs/evaluation.md for the table):
   leftward pan", "upward tilt". Generic verbs (move, slide, glide, drift, travel, turn, swing,
   rotate, shift, sweep) count only with "camera", "view" or "shot" just before them: "the camera
   slowly drifts right", "the view sweeps left". "The camera/view rises" is up, "... drops" down.
+  A tilt named by where it ends: "tilts toward the sky/ceiling/clouds/rooftops" is up, "... toward
+  the ground/floor/feet/street" down.
 - zoom in: "zoom(s/ing) in/into", "push(es) in", "dolly in/forward", "camera moves closer /
   forward / towards ...", "camera approaches".
   Or what it does to the picture: "grows/gets/looms/becomes larger/bigger", "fills more and
@@ -50,6 +52,9 @@ _FILLER = r"(?:[\w-]+\W+){0,3}?"  # up to three words between verb and direction
 _SUBJECT = r"(?:camera|view|shot)"  # what must come just before a generic verb
 _RISE = r"(?:rises?|rising|rose|climbs?|climbing|climbed)"
 _DROP = r"(?:drops?|dropping|dropped|sinks?|sinking|sank|descends?|descending|descended)"
+# Places a tilt heads for, which name its direction: "tilts toward the ceiling" is up.
+_UP_PLACE = r"(?:sky|skies|ceiling|clouds?|treetops|rooftops|stars|heavens|sun)"
+_DOWN_PLACE = r"(?:ground|floor|feet|street|pavement|grass|road|earth)"
 
 _ZOOM_IN = [
     r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?in(?:to|wards?)?\b",
@@ -108,6 +113,7 @@ _DIRECTION_PATTERNS = _compile(
         rf"(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
         rf"\b{_DIR}\W+(?:[\w-]+\W+){{0,1}}?{_CAMERA_VERB}\b",
         rf"\b{_SUBJECT}\W+(?:\w+ly\W+)?(?P<dir>{_RISE}|{_DROP})\b",  # at most an adverb between
+        rf"\b{_CAMERA_VERB}\W+(?:[\w-]+\W+){{0,2}}?towards?\W+the\W+(?P<dir>{_UP_PLACE}|{_DOWN_PLACE})\b",
     ]
 )
 _ZOOM_IN_PATTERNS = _compile(_ZOOM_IN)
@@ -120,8 +126,10 @@ def _direction(word: str) -> MotionClass:
     word = word.lower()
     if re.fullmatch(_RISE, word):
         return MotionClass.UP
-    if re.fullmatch(_DROP, word):
+    if re.fullmatch(_DROP, word) or re.fullmatch(_DOWN_PLACE, word):
         return MotionClass.DOWN
+    if re.fullmatch(_UP_PLACE, word):
+        return MotionClass.UP
     return _DIRECTIONS[word]
 
 
