@@ -23,8 +23,9 @@ Steps:
   3. Ship: the stage-3b export (EMA weights) in float16 -> src/kinetograph/models/assets/, its
      SHA-256 written into kinetograph/default_model.py.
   4. kinetograph eval on the held-out photos with the suites default_model_text (prompt wordings
-     no caption used), default_model_buckets and default_model_val (a third set of wordings, for
-     choosing sampling settings); the flicker of the training clips for
+     no caption used), default_model_buckets, default_model_val (a third set of wordings, for
+     choosing sampling settings) and default_model_words (a fourth: zooms described by what they
+     do to the picture, tilts by where they end); the flicker of the training clips for
      comparison. Summary: docs/default_model_report.json (with times and hardware).
 """
 
@@ -48,7 +49,7 @@ DATA = {"default_model": ROOT / "data" / "default_model", "default_model_hq": RO
 # Training runs in order: config name -> its stage.
 STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "finetune", "finetune": "finetune",
           "finetune_hq": "finetune"}
-SUITES = ("default_model_text", "default_model_buckets", "default_model_val")
+SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words")
 # Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
 MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
               "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
@@ -413,6 +414,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         "bucket_control": buckets["summary"]["control"],
         "bucket_means": buckets["summary"]["mean"],
         "validation_control": results["default_model_val"]["summary"]["control"],
+        "words_control": results["default_model_words"]["summary"]["control"],
         "training_clips": training_flicker(),
         "autoencoder_heldout_256": heldout_reconstruction(default_model.PATH),
     }

@@ -98,7 +98,8 @@ def _suite_prompts() -> list[str]:
     from importlib import resources
 
     suites = resources.files("kinetograph.eval") / "suites"
-    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json", "default_model_val.json")
+    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json", "default_model_val.json",
+                                                 "default_model_words.json")
             for p in json.loads((suites / name).read_text())["prompts"]]
 
 
@@ -115,7 +116,9 @@ def test_paraphrases_name_their_move_and_leave_the_evaluation_wordings_unseen():
                 "show more", "away",
                 # the validation suite's (default_model_val.json)
                 "scroll", "further", "looks upward", "looks downward", "lifts", "lowers", "of the frame", "magnif",
-                "enlarge", "nearer", "reveals more", "surroundings", "shrink", "farther", "frozen", "changes")
+                "enlarge", "nearer", "reveals more", "surroundings", "shrink", "farther", "frozen", "changes",
+                # the fourth set's (default_model_words.json)
+                "swell", "dominate", "crowd", "dwindl", "unfold", "tips toward", "moon", "bows", "earth")
     rng = np.random.default_rng(0)
     for kind in cm.MOTIONS:
         seen = set()
