@@ -380,15 +380,30 @@ def text_space_probe(per_class: int = 60) -> dict:
             "nearest_class_mean": round(sum(a == e for a, e in zip(by_mean, expected)) / len(prompts), 3)}
 
 
+def stage_seconds(rows: list[dict]) -> float:
+    """Training wall time from a run's logged steps: first to last step of each stretch the
+    process ran. A resumed run starts again from its checkpoint's step, so a step that does not
+    exceed the one before opens a new stretch, and the hours between sessions are not counted."""
+    steps = [(r["step"], r["time"]) for r in rows if "time" in r and "loss" in r]
+    total, start, prev_step, prev_time = 0.0, None, None, None
+    for step, t in steps:
+        if prev_step is not None and step <= prev_step:  # resumed: close the stretch
+            total += prev_time - start
+            start = None
+        if start is None:
+            start = t
+        prev_step, prev_time = step, t
+    return total + (prev_time - start if start is not None else 0.0)
+
+
 def recorded_seconds() -> dict:
-    """Wall time of each data build (dataset.json) and training stage (first to last logged step)."""
+    """Wall time of each data build (dataset.json) and training stage (`stage_seconds`)."""
     out = {}
     for recipe, folder in DATA.items():
         out[f"data:{recipe}"] = json.loads((folder / "dataset.json").read_text())["seconds"]
     for stage in STAGES:
         rows = [json.loads(line) for line in (RUNS / stage / "metrics.jsonl").read_text().splitlines()]
-        stamps = [r["time"] for r in rows if "time" in r and "loss" in r]
-        out[f"train:{stage}"] = round(stamps[-1] - stamps[0], 1)
+        out[f"train:{stage}"] = round(stage_seconds(rows), 1)
     return out
 
 
@@ -423,6 +438,9 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-only", action="store_true", help="evaluate the shipped model only")
+    ap.add_argument("--train-only", action="store_true",
+                    help="build the data and train the stages not done yet, then stop: no ship, no evaluation "
+                         "(a reproduction run, compared with the shipped file before it replaces it)")
     ap.add_argument("--vae", nargs="+", type=Path, metavar="FILE",
                     help="only print the held-out reconstruction of these models' or checkpoints' autoencoders")
     ap.add_argument("--probe", nargs="+", type=Path, metavar="FILE",
@@ -464,6 +482,10 @@ def main() -> None:
     from kinetograph import default_model
 
     times = load_times()  # of the evaluations; data and training times come from their own logs
+    if args.train_only:
+        train()
+        print(json.dumps({"training_seconds": recorded_seconds()}, indent=2))
+        return
     if not args.eval_only:
         train()
         if ship():

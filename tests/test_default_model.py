@@ -85,3 +85,18 @@ def test_generate_without_checkpoint_or_default_model_fails_cleanly(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: no --checkpoint given")
     assert not out.exists()
+
+
+def test_recipe_training_time_leaves_out_the_gaps_between_resumed_stretches():
+    """A stage stopped at step 5 (checkpoint at 4) and resumed the next day: its time is that of
+    the two stretches it ran, not the day between (bench/default_model.py reports it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_default_model", Path(__file__).parents[1] / "bench" / "default_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    first = [{"step": i, "loss": 0.1, "time": 1000.0 + 2 * i} for i in range(1, 6)]  # 8 s
+    second = [{"step": i, "loss": 0.1, "time": 90000.0 + 3 * i} for i in range(5, 11)]  # 15 s
+    assert bench.stage_seconds(first + [{"step": 5, "val": 0.2, "time": 1020.0}] + second) == 8.0 + 15.0
+    assert bench.stage_seconds(first) == 8.0
+    assert bench.stage_seconds([]) == 0.0
