@@ -348,11 +348,12 @@ def transport_probe(weights: Path, size: int = 256, speed: float = 11.3, photos:
     return rows
 
 
-def text_space_probe(per_class: int = 60) -> dict:
-    """How far the text encoder alone separates the suite's wordings: each wording of
-    default_model_text labelled by its nearest training paraphrase (cosine, MiniLM's mean-pooled
-    vector) and by the nearest class mean over `per_class` paraphrases per move. A ceiling on
-    what a model that reads only that vector could do with these wordings, not a model score."""
+def text_space_probe(per_class: int = 60,
+                     suites: tuple[str, ...] = ("default_model_text", "default_model_val", "default_model_words")) -> dict:
+    """How far the text encoder alone separates each suite's wordings: each wording labelled by
+    its nearest training paraphrase (cosine, MiniLM's mean-pooled vector) and by the nearest
+    class mean over `per_class` paraphrases per move. A ceiling on what a model that reads only
+    that vector could do with these wordings, not a model score."""
     import numpy as np
     import torch
 
@@ -362,22 +363,27 @@ def text_space_probe(per_class: int = 60) -> dict:
     rng = np.random.default_rng(0)
     train = [(cm.paraphrase(kind, speed, "the scene", rng), name) for kind, name in MOVE_CLASS.items()
              for speed in (("static",) if kind == "static" else ("slow", "fast")) for _ in range(per_class)]
-    suite = json.loads((ROOT / "src" / "kinetograph" / "eval" / "suites" / "default_model_text.json").read_text())
-    prompts = [(p["text"], p["expected"]) for p in suite["prompts"]]
     enc = minilm_text_encoder()
     with torch.no_grad():
         t = torch.nn.functional.normalize(enc.encode([s for s, _ in train]).pooled, dim=-1)
-        q = torch.nn.functional.normalize(enc.encode([s for s, _ in prompts]).pooled, dim=-1)
-    sim = q @ t.T  # (wordings, paraphrases)
     classes = sorted(set(MOVE_CLASS.values()))
-    member = torch.tensor([[name == c for _, name in train] for c in classes], dtype=sim.dtype)  # (classes, paraphrases)
-    class_sim = sim @ member.T / member.sum(1)  # mean similarity to each class's paraphrases
-    nearest = [train[i][1] for i in sim.argmax(1).tolist()]
-    by_mean = [classes[i] for i in class_sim.argmax(1).tolist()]
-    expected = [e for _, e in prompts]
-    return {"wordings": len(prompts),
-            "nearest_paraphrase": round(sum(a == e for a, e in zip(nearest, expected)) / len(prompts), 3),
-            "nearest_class_mean": round(sum(a == e for a, e in zip(by_mean, expected)) / len(prompts), 3)}
+    member = torch.tensor([[name == c for _, name in train] for c in classes], dtype=t.dtype)  # (classes, paraphrases)
+    out = {}
+    for name in suites:
+        suite = json.loads((ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{name}.json").read_text())
+        prompts = [(p["text"], p["expected"]) for p in suite["prompts"]]
+        with torch.no_grad():
+            q = torch.nn.functional.normalize(enc.encode([s for s, _ in prompts]).pooled, dim=-1)
+        sim = q @ t.T  # (wordings, paraphrases)
+        class_sim = sim @ member.T / member.sum(1)  # mean similarity to each class's paraphrases
+        nearest = [train[i][1] for i in sim.argmax(1).tolist()]
+        by_mean = [classes[i] for i in class_sim.argmax(1).tolist()]
+        expected = [e for _, e in prompts]
+        out[name] = {"wordings": len(prompts),
+                     "nearest_paraphrase": round(sum(a == e for a, e in zip(nearest, expected)) / len(prompts), 3),
+                     "nearest_class_mean": round(sum(a == e for a, e in zip(by_mean, expected)) / len(prompts), 3),
+                     "misses": {text: near for (text, e), near in zip(prompts, nearest) if near != e}}
+    return out
 
 
 def stage_seconds(rows: list[dict]) -> float:
