@@ -62,6 +62,7 @@ CASES = [
     ("the camera tilts down toward the floor", D),
     ("a shot tilting toward the ground", D),
     ("the dog walks toward the street", None),
+    ("a truck drives toward the road", None),
     # zoom in, said by what it does to the picture
     ("the lighthouse grows larger in view", ZI),
     ("the cat gets bigger and bigger", ZI),

@@ -55,6 +55,8 @@ _DROP = r"(?:drops?|dropping|dropped|sinks?|sinking|sank|descends?|descending|de
 # Places a tilt heads for, which name its direction: "tilts toward the ceiling" is up.
 _UP_PLACE = r"(?:sky|skies|ceiling|clouds?|treetops|rooftops|stars|heavens|sun)"
 _DOWN_PLACE = r"(?:ground|floor|feet|street|pavement|grass|road|earth)"
+# The camera verbs that head for a place ("the truck drives toward the road" is no tilt).
+_HEADING_VERB = r"(?:pan|tilt|crane|pedestal|boom)(?:s|ing|ning|ed|ned)?"
 
 _ZOOM_IN = [
     r"\bzoom(?:s|ed|ing)?\W+(?:[\w-]+\W+){0,2}?in(?:to|wards?)?\b",
@@ -113,7 +115,7 @@ _DIRECTION_PATTERNS = _compile(
         rf"(?:to\W+the\W+|towards?\W+the\W+)?{_DIR}\b",
         rf"\b{_DIR}\W+(?:[\w-]+\W+){{0,1}}?{_CAMERA_VERB}\b",
         rf"\b{_SUBJECT}\W+(?:\w+ly\W+)?(?P<dir>{_RISE}|{_DROP})\b",  # at most an adverb between
-        rf"\b{_CAMERA_VERB}\W+(?:[\w-]+\W+){{0,2}}?towards?\W+the\W+(?P<dir>{_UP_PLACE}|{_DOWN_PLACE})\b",
+        rf"\b{_HEADING_VERB}\W+(?:[\w-]+\W+){{0,2}}?towards?\W+the\W+(?P<dir>{_UP_PLACE}|{_DOWN_PLACE})\b",
     ]
 )
 _ZOOM_IN_PATTERNS = _compile(_ZOOM_IN)
