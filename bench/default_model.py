@@ -1,7 +1,10 @@
 """Train, ship and evaluate the default model (docs/model-card.md).
 
     python bench/default_model.py            # every step; each is skipped when its result exists
+    python bench/default_model.py --train-only   # build and train what is not done yet; no ship, no evaluation
     python bench/default_model.py --eval-only
+    python bench/default_model.py --compare A.safetensors B.safetensors
+                                             # every suite on each file, the model card's numbers side by side
     python bench/default_model.py --vae runs/default_model/vae/checkpoints/step-*/model.safetensors
                                              # the autoencoder's held-out reconstruction, per file
     python bench/default_model.py --motion runs/default_model/finetune_low/export/model.safetensors
@@ -36,6 +39,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,6 +131,52 @@ def evaluate(times: dict) -> dict:
             save_times(times)
         results[suite] = json.loads((out / "report.json").read_text())
     return results
+
+
+def suite_numbers(name: str, report: dict) -> dict:
+    """The numbers the model card's tables quote from one suite's report.json."""
+    summary, control = report["summary"], report["summary"]["control"]
+    out = {"correct": sum(c["correct"] for c in control["per_class"].values()), "scored": control["n_scored"],
+           "per_class": {k: f"{v['correct']}/{v['n']}" for k, v in control["per_class"].items()},
+           "frame0_psnr": round(summary["mean"]["psnr"], 2), "flicker": round(summary["mean"]["flicker_luminance"], 2)}
+    moving = [c["metrics"]["carry_over"] for c in report["cases"]
+              if c.get("metrics") and c["expected_motion"] != "static" and c["metrics"]["carry_over"] == c["metrics"]["carry_over"]]
+    out["carry_over_moving_median"] = round(statistics.median(moving), 1) if moving else None
+    if name == "default_model_buckets":
+        out["spearman_within"] = control.get("spearman_within")
+        out["spearman_pooled"] = None if control.get("spearman") is None else round(control["spearman"], 2)
+    return out
+
+
+def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs: int = 2) -> dict:
+    """Every suite on each model file (`jobs` evaluations at a time, one thread each: the 2-core
+    machine's fastest), reports kept under out_root/<file>-<sha>/<suite>, and a table of the
+    numbers the model card quotes. A report already there is reused, so a stopped comparison goes
+    on where it was."""
+    from kinetograph import default_model
+
+    todo, folders = [], {}
+    for path in files:
+        folder = out_root / f"{path.parent.name}-{path.stem}-{default_model.sha256(path)[:8]}"
+        folders[path] = folder
+        for suite in SUITES:
+            if not (folder / suite / "report.json").exists():
+                suite_file = ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{suite}.json"
+                todo.append(KG + ["eval", "--checkpoint", str(path), "--suite", str(suite_file), "-o", str(folder / suite)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs: list[subprocess.Popen] = []
+    for cmd in todo:
+        while sum(p.poll() is None for p in procs) >= jobs:
+            time.sleep(1)
+        print("$", " ".join(cmd), flush=True)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+    if any(p.wait() for p in procs):
+        sys.exit("error: an evaluation failed; run its command above to see why")
+    table = {}
+    for path, folder in folders.items():
+        table[str(path)] = {suite: suite_numbers(suite, json.loads((folder / suite / "report.json").read_text()))
+                            for suite in SUITES}
+    return table
 
 
 def training_flicker(n: int = 40) -> dict:
@@ -458,6 +508,8 @@ def main() -> None:
                     help="only print transport_probe of these model files (detail carried along a move)")
     ap.add_argument("--text-space", action="store_true",
                     help="only print how far MiniLM's pooled vector alone separates the suite's wordings")
+    ap.add_argument("--compare", nargs="+", type=Path, metavar="FILE",
+                    help="only evaluate these model files on every suite and print the model card's numbers side by side")
     ap.add_argument("--ship", type=Path, metavar="FILE",
                     help="only ship this model file (float16 into the package, hash recorded) instead of stage 3b's")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
@@ -477,6 +529,9 @@ def main() -> None:
         return
     if args.text_space:
         print(json.dumps(text_space_probe()))
+        return
+    if args.compare:
+        print(json.dumps(compare(args.compare), indent=1))
         return
     if args.ship:
         ship(args.ship, force=True)

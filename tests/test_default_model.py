@@ -87,16 +87,71 @@ def test_generate_without_checkpoint_or_default_model_fails_cleanly(
     assert not out.exists()
 
 
-def test_recipe_training_time_leaves_out_the_gaps_between_resumed_stretches():
-    """A stage stopped at step 5 (checkpoint at 4) and resumed the next day: its time is that of
-    the two stretches it ran, not the day between (bench/default_model.py reports it)."""
+def _bench():
+    """bench/default_model.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_default_model", Path(__file__).parents[1] / "bench" / "default_model.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_recipe_training_time_leaves_out_the_gaps_between_resumed_stretches():
+    """A stage stopped at step 5 (checkpoint at 4) and resumed the next day: its time is that of
+    the two stretches it ran, not the day between (bench/default_model.py reports it)."""
+    bench = _bench()
     first = [{"step": i, "loss": 0.1, "time": 1000.0 + 2 * i} for i in range(1, 6)]  # 8 s
     second = [{"step": i, "loss": 0.1, "time": 90000.0 + 3 * i} for i in range(5, 11)]  # 15 s
     assert bench.stage_seconds(first + [{"step": 5, "val": 0.2, "time": 1020.0}] + second) == 8.0 + 15.0
     assert bench.stage_seconds(first) == 8.0
     assert bench.stage_seconds([]) == 0.0
+
+
+_FAKE_EVAL = """
+import json, math, sys
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("-o") + 1])
+out.mkdir(parents=True)
+with open(out.parent.parent / "calls.log", "a") as f:
+    f.write(args[args.index("--suite") + 1] + "\\n")
+cases = [{"expected_motion": "left", "metrics": {"carry_over": 14.0}},
+         {"expected_motion": "left", "metrics": {"carry_over": math.nan}},  # the camera left frame 0 behind
+         {"expected_motion": "static", "metrics": {"carry_over": 30.0}},
+         {"expected_motion": "left", "metrics": None}]  # failed case
+summary = {"mean": {"psnr": 25.0, "flicker_luminance": 1.234},
+           "control": {"n_scored": 3, "per_class": {"left": {"n": 2, "correct": 1}, "static": {"n": 1, "correct": 1}},
+                       "spearman": 0.876, "spearman_within": 1.0}}
+(out / "report.json").write_text(json.dumps({"summary": summary, "cases": cases}))
+"""
+
+
+def test_compare_evaluates_each_suite_once_per_file_and_quotes_the_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`bench/default_model.py --compare`: every suite for every file, a report already there
+    reused (a stopped comparison goes on), and the numbers the model card quotes."""
+    import sys
+
+    bench = _bench()
+    fake = tmp_path / "fake_eval.py"
+    fake.write_text(_FAKE_EVAL)
+    monkeypatch.setattr(bench, "KG", [sys.executable, str(fake)])
+    a, b = tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors"
+    for path, payload in ((a, b"one"), (b, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(payload)
+    table = bench.compare([a, b], out_root=tmp_path / "cmp", jobs=2)
+    calls = (tmp_path / "cmp" / "calls.log").read_text().split()
+    assert len(calls) == 2 * len(bench.SUITES) and len(set(calls)) == len(bench.SUITES)
+    assert set(table) == {str(a), str(b)} and set(table[str(a)]) == set(bench.SUITES)
+    text = table[str(a)]["default_model_text"]
+    assert (text["correct"], text["scored"], text["per_class"]) == (2, 3, {"left": "1/2", "static": "1/1"})
+    assert text["carry_over_moving_median"] == 14.0  # moving, measurable cases only
+    assert (text["frame0_psnr"], text["flicker"]) == (25.0, 1.23)
+    buckets = table[str(b)]["default_model_buckets"]
+    assert (buckets["spearman_within"], buckets["spearman_pooled"]) == (1.0, 0.88)
+    bench.compare([a, b], out_root=tmp_path / "cmp", jobs=2)
+    assert len((tmp_path / "cmp" / "calls.log").read_text().split()) == 2 * len(bench.SUITES)  # reused
+    fake.write_text("import sys; sys.exit(1)")
+    with pytest.raises(SystemExit, match="an evaluation failed"):
+        bench.compare([a], out_root=tmp_path / "other", jobs=2)
