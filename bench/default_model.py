@@ -157,7 +157,7 @@ def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs:
 
     todo, folders = [], {}
     for path in files:
-        folder = out_root / f"{path.parent.name}-{path.stem}-{default_model.sha256(path)[:8]}"
+        folder = out_root / "-".join([*path.resolve().parts[-3:-1], path.stem, default_model.sha256(path)[:8]])
         folders[path] = folder
         for suite in SUITES:
             if not (folder / suite / "report.json").exists():
