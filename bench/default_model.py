@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -58,6 +59,7 @@ SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "d
 MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
               "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
 REPORT = ROOT / "docs" / "default_model_report.json"
+SUITE_DIR = ROOT / "src" / "kinetograph" / "eval" / "suites"
 
 
 def run(cmd: list[str]) -> float:
@@ -123,7 +125,7 @@ def evaluate(times: dict) -> dict:
     results = {}
     for suite in SUITES:
         out = RUNS / f"eval_{suite}"
-        suite_file = ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{suite}.json"
+        suite_file = SUITE_DIR / f"{suite}.json"
         if not (out / "report.json").exists():
             times[f"eval:{suite}"] = round(
                 run(KG + ["eval", "--checkpoint", default_model.PATH, "--suite", suite_file, "-o", out]), 1
@@ -139,8 +141,8 @@ def suite_numbers(name: str, report: dict) -> dict:
     out = {"correct": sum(c["correct"] for c in control["per_class"].values()), "scored": control["n_scored"],
            "per_class": {k: f"{v['correct']}/{v['n']}" for k, v in control["per_class"].items()},
            "frame0_psnr": round(summary["mean"]["psnr"], 2), "flicker": round(summary["mean"]["flicker_luminance"], 2)}
-    moving = [c["metrics"]["carry_over"] for c in report["cases"]
-              if c.get("metrics") and c["expected_motion"] != "static" and c["metrics"]["carry_over"] == c["metrics"]["carry_over"]]
+    moving = [c["metrics"]["carry_over"] for c in report["cases"]  # NaN: the camera left frame 0 behind
+              if c.get("metrics") and c["expected_motion"] != "static" and not math.isnan(c["metrics"]["carry_over"])]
     out["carry_over_moving_median"] = round(statistics.median(moving), 1) if moving else None
     if name == "default_model_buckets":
         out["spearman_within"] = control.get("spearman_within")
@@ -161,7 +163,7 @@ def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs:
         folders[path] = folder
         for suite in SUITES:
             if not (folder / suite / "report.json").exists():
-                suite_file = ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{suite}.json"
+                suite_file = SUITE_DIR / f"{suite}.json"
                 todo.append(KG + ["eval", "--checkpoint", str(path), "--suite", str(suite_file), "-o", str(folder / suite)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs: list[subprocess.Popen] = []
@@ -420,7 +422,7 @@ def text_space_probe(per_class: int = 60,
     member = torch.tensor([[name == c for _, name in train] for c in classes], dtype=t.dtype)  # (classes, paraphrases)
     out = {}
     for name in suites:
-        suite = json.loads((ROOT / "src" / "kinetograph" / "eval" / "suites" / f"{name}.json").read_text())
+        suite = json.loads((SUITE_DIR / f"{name}.json").read_text())
         prompts = [(p["text"], p["expected"]) for p in suite["prompts"]]
         with torch.no_grad():
             q = torch.nn.functional.normalize(enc.encode([s for s, _ in prompts]).pooled, dim=-1)
