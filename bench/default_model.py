@@ -157,6 +157,8 @@ def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs:
     on where it was."""
     from kinetograph import default_model
 
+    if missing := [str(p) for p in files if not p.is_file()]:
+        sys.exit(f"error: no model file at {', '.join(missing)}; give exported .safetensors files to compare")
     todo, folders = [], {}
     for path in files:
         folder = out_root / "-".join([*path.resolve().parts[-3:-1], path.stem, default_model.sha256(path)[:8]])

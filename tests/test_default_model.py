@@ -152,6 +152,9 @@ def test_compare_evaluates_each_suite_once_per_file_and_quotes_the_reports(tmp_p
     assert (buckets["spearman_within"], buckets["spearman_pooled"]) == (1.0, 0.88)
     bench.compare([a, b], out_root=tmp_path / "cmp", jobs=2)
     assert len((tmp_path / "cmp" / "calls.log").read_text().split()) == 2 * len(bench.SUITES)  # reused
+    with pytest.raises(SystemExit, match="no model file at .*nowhere.safetensors"):
+        bench.compare([a, tmp_path / "nowhere.safetensors"], out_root=tmp_path / "none", jobs=2)
+    assert not (tmp_path / "none").exists()
     fake.write_text("import sys; sys.exit(1)")
     with pytest.raises(SystemExit, match="an evaluation failed"):
         bench.compare([a], out_root=tmp_path / "other", jobs=2)
