@@ -14,7 +14,7 @@
     python bench/default_model.py --transport FILE   # does the denoiser carry detail along a move? (~2 min)
     python bench/default_model.py --text-space  # can MiniLM's pooled vector alone tell the suite's wordings apart?
     python bench/default_model.py --ship runs/NAME/export/model.safetensors
-                                             # ship that export instead of stage 3b's (float16, hash recorded)
+                                             # ship that export instead of the recipe's (float16, hash recorded)
 
 Steps:
   1. kinetograph data build --recipe default_model    (1716 camera clips, 256x256 x 14 frames)
@@ -22,8 +22,9 @@ Steps:
   2. kinetograph train --config configs/default_model/C.toml for C = vae, image (stage 1),
      video (stage 2), finetune_low and finetune (stage 3a at 64x64, then 128x128 windows) and
      finetune_hq (stage 3b, 256x256 on the finetuning set), each from the previous export. A run
-     that stopped resumes (--resume).
-  3. Ship: the stage-3b export (EMA weights) in float16 -> src/kinetograph/models/assets/, its
+     that stopped resumes (--resume). Then kinetograph camera-head: stage 3b's export with a
+     camera head fitted on the finetuning set's captions (seconds; docs/text.md).
+  3. Ship: that file (EMA weights) in float16 -> src/kinetograph/models/assets/, its
      SHA-256 written into kinetograph/default_model.py.
   4. kinetograph eval on the held-out photos with the suites default_model_text (prompt wordings
      no caption used), default_model_buckets, default_model_val (a third set of wordings, for
@@ -54,6 +55,8 @@ DATA = {"default_model": ROOT / "data" / "default_model", "default_model_hq": RO
 # Training runs in order: config name -> its stage.
 STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "finetune", "finetune": "finetune",
           "finetune_hq": "finetune"}
+# Stage 3b's export with a camera head fitted on the finetuning set's captions: what ships.
+LAST_EXPORT = RUNS / "camera_head" / "model.safetensors"
 SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words")
 # Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
 MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
@@ -96,10 +99,13 @@ def train() -> None:
         if not (RUNS / name / "export" / "model.safetensors").exists():
             resume = ["--resume"] if (RUNS / name / "checkpoints").is_dir() and any((RUNS / name / "checkpoints").iterdir()) else []
             run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml", *resume])
+    if not LAST_EXPORT.exists():
+        run(KG + ["camera-head", RUNS / "finetune_hq" / "export" / "model.safetensors",
+                  "--data", DATA["default_model_hq"], "-o", LAST_EXPORT])
 
 
-def ship(src: Path = RUNS / "finetune_hq" / "export" / "model.safetensors", force: bool = False) -> bool:
-    """float16 copy of `src` (by default the stage-3b export) into the package, its SHA-256 recorded;
+def ship(src: Path = LAST_EXPORT, force: bool = False) -> bool:
+    """float16 copy of `src` (by default stage 3b's export with its camera head) into the package, its SHA-256 recorded;
     False when the shipped file is newer than `src` (unless `force`)."""
     from kinetograph import default_model
 
@@ -515,7 +521,7 @@ def main() -> None:
     ap.add_argument("--compare", nargs="+", type=Path, metavar="FILE",
                     help="only evaluate these model files on every suite and print the model card's numbers side by side")
     ap.add_argument("--ship", type=Path, metavar="FILE",
-                    help="only ship this model file (float16 into the package, hash recorded) instead of stage 3b's")
+                    help="only ship this model file (float16 into the package, hash recorded) instead of the last stage's")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
     ap.add_argument("--probe-size", type=int, default=128, help="frame size of the probe (default 128)")
     args = ap.parse_args()

@@ -158,3 +158,19 @@ def test_compare_evaluates_each_suite_once_per_file_and_quotes_the_reports(tmp_p
     fake.write_text("import sys; sys.exit(1)")
     with pytest.raises(SystemExit, match="an evaluation failed"):
         bench.compare([a], out_root=tmp_path / "other", jobs=2)
+
+
+def test_recipe_configs_load_and_chain_each_stage_from_the_one_before():
+    """Every stage of the one-command recipe has a config that validates, trains the stage it is
+    run as and writes where the next one reads."""
+    from kinetograph.training.config import load_config
+
+    bench = _bench()
+    names = list(bench.STAGES)
+    configs = {n: load_config(bench.ROOT / "configs" / "default_model" / f"{n}.toml") for n in names}
+    for prev, name in zip(names, names[1:]):
+        cfg = configs[name]
+        assert cfg.stage == bench.STAGES[name]
+        assert Path(cfg.model.init) == Path("runs/default_model") / prev / "export" / "model.safetensors", name
+        assert Path(cfg.run.out_dir) == Path("runs/default_model") / name
+    assert bench.LAST_EXPORT == bench.RUNS / "camera_head" / "model.safetensors"  # 3b's export + its camera head

@@ -125,10 +125,11 @@ def test_trained_text_branch_masks_and_dropped_text(cfg):
         junk["text_tokens"][:, N - 2 :] = 100.0
         torch.testing.assert_close(with_text(**_inputs(), **junk), out, atol=1e-5, rtol=0)
 
-        # Dropped text for the second video (mask all False): that video equals the image-only output,
-        # the first keeps its text result.
-        dropped = {**text, "text_mask": text["text_mask"].clone()}
+        # Dropped text for the second video (mask all False, pooled vector zero, as training drops
+        # it): that video equals the image-only output, the first keeps its text result.
+        dropped = {**text, "text_mask": text["text_mask"].clone(), "text_pooled": text["text_pooled"].clone()}
         dropped["text_mask"][T:] = False
+        dropped["text_pooled"][T:] = 0.0
         mixed = with_text(**_inputs(), **dropped)
         torch.testing.assert_close(mixed[T:], ref[T:], atol=1e-5, rtol=0)
         torch.testing.assert_close(mixed[:T], out[:T], atol=1e-5, rtol=0)

@@ -94,6 +94,17 @@ def generate(
         typer.Option("--pin-first-frame/--no-pin-first-frame",
                      help="Frame 0 is the input image itself (default: the preset's; SVD's: off)."),
     ] = None,
+    text_tokens: Annotated[
+        bool | None,
+        typer.Option("--text-tokens/--no-text-tokens",
+                     help="Text models: read the prompt's tokens too, not only its pooled vector (default: yes)."),
+    ] = None,
+    camera_prompt: Annotated[
+        bool | None,
+        typer.Option("--camera-prompt/--no-camera-prompt",
+                     help="Models with a camera head (the default model): sample with the training captions' "
+                          "wording of the move the head reads in the prompt (default: yes)."),
+    ] = None,
     decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun, dpmpp_2m or euler_ancestral (stochastic, seeded).")] = "euler",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 23,
@@ -124,6 +135,12 @@ def generate(
         checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle, text_encoder=text_encoder
     )
     typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
+    reading = pipe.camera_reading(prompt or "")
+    if reading:  # models with a camera head: say which move the prompt reads as, and what is sampled
+        move, p = max(reading.items(), key=lambda kv: kv[1])
+        caption = pipe.camera_caption(prompt) if camera_prompt is None or camera_prompt else None
+        used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
+        typer.echo(f"camera: the prompt reads as {move.replace('_', ' ')} ({p:.0%}){used}", err=True)
     bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
     def progress(step: int, total: int) -> None:
@@ -152,6 +169,8 @@ def generate(
             sampler=sampler,
             guidance_ramp=guidance_ramp,
             pin_first_frame=pin_first_frame,
+            text_tokens=text_tokens,
+            camera_prompt=camera_prompt,
             callback=progress,
         )
     for bar in bars:
@@ -209,6 +228,23 @@ def init(
         raise InputError(f"{output}: name the output *.safetensors")
     torch.manual_seed(seed)
     path = save_original(SVD(PRESETS[preset].model), output, preset)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("camera-head")
+def camera_head(
+    src: Annotated[Path, typer.Argument(help="A text model file (original layout), e.g. a stage's export.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder with camera clips (`kinetograph data build`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.")],
+    captions: Annotated[int, typer.Option("--captions", help="Training captions fitted per camera clip.")] = 16,
+) -> None:
+    """Give a text model a camera head: a classifier of the camera move a prompt asks for, fitted on
+    the dataset's captions; generation then samples with the captions' wording of that move."""
+    from kinetograph.training.camera import write_camera_head
+
+    if output.suffix != ".safetensors":
+        raise InputError(f"{output}: the output must be a .safetensors file")
+    path = write_camera_head(src, data, output, captions)
     typer.echo(f"wrote {path}")
 
 

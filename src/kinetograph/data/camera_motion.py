@@ -229,6 +229,19 @@ _MORE_ADVERBS = {"slow": ("slowly", "gently", "gradually", "unhurriedly"), "fast
 _MORE_ADJECTIVES = {"slow": ("slow", "gentle", "gradual", "leisurely"), "fast": ("fast", "quick", "rapid", "brisk")}
 
 
+# One caption per move in the training captions' own words: what a camera-head model samples with
+# in place of a prompt whose move its head has read (`ImageToVideo(camera_prompt=...)`).
+CANONICAL_CAPTIONS = {
+    "static": "A still shot of the scene.",
+    "pan_left": "The camera pans to the left across the scene.",
+    "pan_right": "The camera pans to the right across the scene.",
+    "tilt_up": "The camera tilts upward over the scene.",
+    "tilt_down": "The camera tilts downward over the scene.",
+    "zoom_in": "The camera zooms in on the scene.",
+    "zoom_out": "The camera zooms out from the scene.",
+}
+
+
 def paraphrase(kind: str, speed_class: str, subject: str, rng: np.random.Generator) -> str:
     """A caption for a move drawn from a wider grammar than `caption_for` (training-time captions).
 

@@ -23,6 +23,13 @@ image cross-attention, and a pooled text vector joins the time embedding (`text_
 each query also knows its frame index. All output projections start at zero, so adding text to an
 image-only checkpoint leaves its output unchanged until training moves them; a sample without
 text (dropped, or the unconditional branch) skips them.
+
+Camera head (optional, `UNetConfig.camera_moves > 0`, text models only): a linear classifier reads
+the camera move a caption asks for off its normalised pooled vector (`camera_head`, fitted on the
+captions and frozen, `training/camera.py`) and the move's probabilities join the time embedding
+(`camera_emb`, zero at the start). A sentence encoder places paraphrases of one move near each
+other, so the head names the move of wordings no caption used more often than the token
+cross-attention, which learns the captions' words (docs/model-card.md, session 14).
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class UNetConfig:
     # (a camera move's direction) in one layer; the spatial blocks see one frame at a time and know
     # neither. Needs a text branch; False in the official network.
     temporal_text: bool = False
+    # Moves the camera head tells apart (`data.camera_motion.MOTIONS`); 0 = no camera head.
+    camera_moves: int = 0
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -98,6 +107,8 @@ class UNetConfig:
             raise ValueError(f"text_dim must be >= 0 (0 = no text branch), got {self.text_dim}")
         if self.temporal_text and not self.text_dim:
             raise ValueError("temporal_text needs a text branch: set text_dim to the text encoder's width")
+        if self.camera_moves < 0 or (self.camera_moves and not self.text_dim):
+            raise ValueError(f"camera_moves {self.camera_moves} needs a text branch (text_dim > 0) and must be >= 0")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
 
@@ -452,6 +463,9 @@ class VideoUNet(nn.Module):
         )
         # The pooled text vector joins the time embedding, like the micro-conditioning (text only).
         self.text_emb = zero_module(nn.Linear(cfg.text_dim, emb_dim)) if cfg.text_dim else None
+        # The camera head: pooled text -> probabilities of each move -> the time embedding.
+        self.camera_head = nn.Linear(cfg.text_dim, cfg.camera_moves) if cfg.camera_moves else None
+        self.camera_emb = zero_module(nn.Linear(cfg.camera_moves, emb_dim)) if cfg.camera_moves else None
 
     def _run(self, block: UNetBlock, *args) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -491,7 +505,13 @@ class VideoUNet(nn.Module):
         text = self._text(text_tokens, text_mask, x.shape[0])
         if text is not None:
             assert self.text_emb is not None and text_pooled is not None and text_pooled.shape[0] == x.shape[0]
-            emb = emb + self.text_emb(text_pooled.to(emb.dtype)) * text.present[:, None].to(emb.dtype)
+            # A row has a caption where its pooled vector is nonzero (dropped or absent text is zero);
+            # its tokens may still be masked out (`text_token_drop_prob`, or sampling without them).
+            pooled = text_pooled.to(emb.dtype)
+            has = (pooled != 0).any(dim=-1)[:, None].to(emb.dtype)  # ((b t), 1)
+            emb = emb + self.text_emb(pooled) * has
+            if self.camera_head is not None:
+                emb = emb + self.camera_emb(self.camera_logits(pooled).softmax(dim=-1)) * has
 
         skips = []
         h = x
@@ -505,6 +525,11 @@ class VideoUNet(nn.Module):
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = self._run(block, h, emb, context, t, image_only_indicator, size, text)
         return self.out(h.type(x.dtype))
+
+    def camera_logits(self, text_pooled: torch.Tensor) -> torch.Tensor:
+        """(n, text_dim) pooled text -> (n, camera_moves) logits of the move it asks for."""
+        assert self.camera_head is not None, "this UNet has no camera head (UNetConfig.camera_moves = 0)"
+        return self.camera_head(F.normalize(text_pooled.to(self.camera_head.weight.dtype), dim=-1))
 
     def _text(self, tokens: torch.Tensor | None, mask: torch.Tensor | None, n: int) -> TextContext | None:
         if tokens is None:

@@ -41,6 +41,10 @@ from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_im
 from kinetograph.presets import Preset
 
 GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
+# A camera-head model samples with the captions' wording of the move its head reads when the head
+# gives that move at least this probability (of 7; below it the prompt is used as written).
+CAMERA_PROMPT_MIN = 0.5
+
 TEXT_BLIND_WARNING = (
     "this checkpoint conditions on the image only, so the prompt is ignored; to steer with text, "
     "pass --text-encoder with the OpenCLIP ViT-H-14 text weights (open_clip_pytorch_model.bin, with "
@@ -141,6 +145,8 @@ class ImageToVideo:
         sampler: str = "euler",
         guidance_ramp: str = "linear",
         pin_first_frame: bool | None = None,
+        text_tokens: bool | None = None,
+        camera_prompt: bool | None = None,
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "video",
     ) -> Video | torch.Tensor:
@@ -155,6 +161,12 @@ class ImageToVideo:
         guidance (0 = image only), for official weights with an OpenCLIP text tower the steering
         strength in CLIP space (0 = unchanged); `negative_prompt` is what to steer away from.
         `pin_first_frame`: frame 0 is the image's own latent (SamplingDefaults.pin_first_frame).
+        `text_tokens`: text models read the prompt's tokens as well as its pooled vector (default;
+        False: the pooled vector only).
+        `camera_prompt`: models with a camera head sample with the training captions' own wording
+        of the move the head reads in the prompt (`CANONICAL_CAPTIONS`) when it gives that move at
+        least CAMERA_PROMPT_MIN; default: on for those models. The token path knows the captions'
+        words, the head knows other wordings of a move (docs/text.md).
         """
         d = self.preset.sampling
         height, width = height or d.height, width or d.width
@@ -199,8 +211,11 @@ class ImageToVideo:
         ramp = GUIDANCE_RAMPS[guidance_ramp](min_g, max_g, num_frames).to(self.device)
         if text_model and (prompt or negative_prompt) and text_guidance_scale > 0:
             # No prompt but a negative one: steer away from it, relative to no text.
-            text_cond = self.add_text(cond, prompt) if prompt else cond
-            negative = self.add_text(cond, negative_prompt) if negative_prompt else None
+            if prompt and (camera_prompt is None or camera_prompt):
+                prompt = self.camera_caption(prompt) or prompt
+            tokens = text_tokens is None or text_tokens
+            text_cond = self.add_text(cond, prompt, tokens) if prompt else cond
+            negative = self.add_text(cond, negative_prompt, tokens) if negative_prompt else None
             if not text_cond.has_text:  # only a negative prompt: D(img, ∅) - D(img, negative)
                 text_cond, negative = negative, None
                 text_guidance_scale = -text_guidance_scale
@@ -256,10 +271,35 @@ class ImageToVideo:
             self.text_encoder = encoder
         return self.text_encoder
 
-    def add_text(self, cond: Cond, prompt: str) -> Cond:
-        """`cond` with the encoded prompt (text-conditioned models)."""
+    def add_text(self, cond: Cond, prompt: str, tokens: bool = True) -> Cond:
+        """`cond` with the encoded prompt (text-conditioned models); `tokens=False` masks its tokens
+        out and keeps the pooled vector."""
         emb = self.get_text_encoder().encode([prompt])
-        return cond.with_text(emb.tokens.to(self.device), emb.mask.to(self.device), emb.pooled.to(self.device))
+        mask = emb.mask if tokens else torch.zeros_like(emb.mask)
+        return cond.with_text(emb.tokens.to(self.device), mask.to(self.device), emb.pooled.to(self.device))
+
+    def camera_reading(self, prompt: str) -> dict[str, float] | None:
+        """What the camera head reads in `prompt`: probability of each move (None without a head)."""
+        unet = self.model.unet
+        if unet.camera_head is None or not prompt:
+            return None
+        from kinetograph.data.camera_motion import MOTIONS
+
+        with torch.no_grad():
+            pooled = self.get_text_encoder().encode([prompt]).pooled.to(self.device)
+            probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
+        return dict(zip(MOTIONS, probs))
+
+    def camera_caption(self, prompt: str) -> str | None:
+        """The training captions' wording of the move the camera head reads in `prompt`, when it
+        gives that move at least CAMERA_PROMPT_MIN; None without a head or below that."""
+        reading = self.camera_reading(prompt)
+        if not reading:
+            return None
+        from kinetograph.data.camera_motion import CANONICAL_CAPTIONS
+
+        move, p = max(reading.items(), key=lambda kv: kv[1])
+        return CANONICAL_CAPTIONS[move] if p >= CAMERA_PROMPT_MIN else None
 
     def steer_condition(self, cond: Cond, prompt: str, negative_prompt: str, strength: float) -> Cond:
         """Official weights + OpenCLIP text tower: the image embedding moved toward the prompt."""

@@ -46,6 +46,12 @@ class ModelConfig:
     # Stage vae, at export: rescale each latent channel to unit std (exact: `VAE.rescale_latent_channels`)
     # before the global scale factor is measured. For autoencoders whose channels differ widely.
     standardize_latent_channels: bool = False
+    # Give a text model a camera head (`training/camera.py`): a classifier of the camera move a
+    # caption asks for, fitted on `camera_head_captions` captions of each camera clip of data.root
+    # and frozen; its probabilities feed the UNet through a layer that starts at zero. An init
+    # checkpoint that has one keeps it.
+    camera_head: bool = False
+    camera_head_captions: int = 16
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,10 @@ class LossConfig:
     # still camera then holds still at any bucket setting. Moving clips keep their measured bucket,
     # which still sets the amount of motion. () = off (SVD: always the measured bucket).
     still_bucket_range: tuple[int, ...] = ()
+    # Text models: of the samples that keep their caption, this share loses its tokens but keeps
+    # the pooled vector (and with it the camera head's reading), so that the model learns to move
+    # from those alone; that is how a camera-head model samples by default (`text_tokens`).
+    text_token_drop_prob: float = 0.0
     kl_weight: float = 1e-6  # stage vae: weight of the KL term
     recon: str = "l1"  # stage vae: "l1" or "mse"
 
@@ -191,6 +201,8 @@ def check(cfg: TrainConfig) -> None:
     drops = (cfg.loss.cond_drop_prob, cfg.loss.text_drop_prob, cfg.loss.both_drop_prob)
     need(min(drops) >= 0.0 and sum(drops) <= 1.0,
          "loss.cond_drop_prob, loss.text_drop_prob and loss.both_drop_prob must be >= 0 and sum to <= 1")
+    need(0.0 <= cfg.loss.text_token_drop_prob <= 1.0, "loss.text_token_drop_prob must be in [0, 1]")
+    need(cfg.model.camera_head_captions >= 1, "model.camera_head_captions must be >= 1")
     need(0.0 <= cfg.ema.decay < 1.0, "ema.decay must be in [0, 1)")
     need(cfg.run.precision in ("auto", "fp32", "bf16", "fp16"), f"run.precision {cfg.run.precision!r}")
     need(cfg.run.device in ("auto", "cpu", "cuda"), f"run.device {cfg.run.device!r}: 'auto', 'cpu' or 'cuda'")

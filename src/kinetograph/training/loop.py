@@ -35,6 +35,7 @@ from kinetograph.training.distributed import Dist, all_mean, barrier, init_distr
 from kinetograph.training.ema import EMA
 from kinetograph.training.lora import merge_lora
 from kinetograph.training.rng import SampleRNG
+from kinetograph.training.camera import add_camera_head
 from kinetograph.training.stages import Stage, add_attention, add_text_branch, make_stage
 
 
@@ -73,8 +74,11 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     model.to(d.device)
     trainable = stage.trainable(model)
     model.requires_grad_(False)
-    for p in trainable.values():
-        p.requires_grad_(True)
+    for name, p in trainable.items():
+        # The camera head was fitted when it was added (`training/camera.py`): it is kept in the
+        # checkpoints with the trained weights (a resume or export reads it back, not a refit) but
+        # gets no gradient, so the optimizer never moves it.
+        p.requires_grad_(".camera_head." not in name)
     fingerprint = ckpt.frozen_fingerprint(model, trainable)
     model.eval()
     model.unet.gradient_checkpointing = cfg.model.gradient_checkpointing
@@ -177,6 +181,8 @@ def build_model(cfg: TrainConfig, stage: Stage) -> tuple[SVD, str]:
             model = add_text_branch(model, cfg.model.text_encoder)
         if cfg.model.attention_resolutions:
             model = add_attention(model, cfg.model.attention_resolutions)
+        if cfg.model.camera_head:
+            model = add_camera_head(model, cfg.data.root, cfg.model.camera_head_captions)
         stage.prepare(model)
     return model, preset
 

@@ -366,6 +366,9 @@ class Stage:
             loss = self.cfg.loss
             p_text, p_both = (loss.text_drop_prob, loss.both_drop_prob) if text is not None else (0.0, 0.0)
             cond = drop_conditioning(cond, loss.cond_drop_prob, p_text, p_both, u=u)
+            if text is not None and loss.text_token_drop_prob > 0:  # drawn only then: older runs keep their draws
+                keep = repeat(rng.rand().to(video.device) >= loss.text_token_drop_prob, "b -> (b t)", t=t)
+                cond = replace(cond, text_mask=cond.text_mask & keep[:, None])
         return Inputs(x0=x0, num_frames=t, cond=cond)
 
     def context_embedding(self, model: SVD, first: torch.Tensor) -> torch.Tensor:
