@@ -267,3 +267,23 @@ def test_cli_camera_head_writes_a_model_that_reads_prompts(camera_model, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "needs a text model" in err[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_generate_says_what_the_head_read_and_samples_with_it(camera_model, tmp_path, capsys):
+    from kinetograph.cli import main
+    from kinetograph.io.video import read_video
+
+    base, model, _ = camera_model
+    path = save_original(model, tmp_path / "cam.safetensors", "tiny_text")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(skdata.astronaut()).resize((64, 64)).save(photo)
+    args = ["--checkpoint", str(path), "--height", "64", "--width", "64", "--frames", "2", "--steps", "2",
+            "--seed", "0"]
+    capsys.readouterr()
+    assert main(["generate", str(photo), "--prompt", "a slow pan to the right", "-o", str(tmp_path / "a.gif"), *args]) == 0
+    err = capsys.readouterr().err
+    assert ("camera: the prompt reads as pan right" in err
+            and f"sampling with {CANONICAL_CAPTIONS['pan_right']!r}" in err)
+    assert main(["generate", str(photo), "--prompt", CANONICAL_CAPTIONS["pan_right"], "--no-camera-prompt",
+                 "-o", str(tmp_path / "b.gif"), *args]) == 0
+    assert np.array_equal(read_video(tmp_path / "a.gif")[0], read_video(tmp_path / "b.gif")[0])

@@ -138,9 +138,10 @@ def generate(
     reading = pipe.camera_reading(prompt or "")
     if reading:  # models with a camera head: say which move the prompt reads as, and what is sampled
         move, p = max(reading.items(), key=lambda kv: kv[1])
-        caption = pipe.camera_caption(prompt) if camera_prompt is None or camera_prompt else None
+        caption = pipe.camera_caption(prompt, reading) if camera_prompt is None or camera_prompt else None
         used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
         typer.echo(f"camera: the prompt reads as {move.replace('_', ' ')} ({p:.0%}){used}", err=True)
+        prompt, camera_prompt = caption or prompt, False  # decided here: the pipeline reads it no more
     bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
     def progress(step: int, total: int) -> None:

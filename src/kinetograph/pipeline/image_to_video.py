@@ -290,10 +290,11 @@ class ImageToVideo:
             probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
         return dict(zip(MOTIONS, probs))
 
-    def camera_caption(self, prompt: str) -> str | None:
-        """The training captions' wording of the move the camera head reads in `prompt`, when it
-        gives that move at least CAMERA_PROMPT_MIN; None without a head or below that."""
-        reading = self.camera_reading(prompt)
+    def camera_caption(self, prompt: str, reading: dict[str, float] | None = None) -> str | None:
+        """The training captions' wording of the move the camera head reads in `prompt` (or gave
+        as `reading`, from `camera_reading`), when it gives that move at least CAMERA_PROMPT_MIN;
+        None without a head or below that."""
+        reading = reading or self.camera_reading(prompt)
         if not reading:
             return None
         from kinetograph.data.camera_motion import CANONICAL_CAPTIONS
