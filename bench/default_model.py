@@ -61,6 +61,8 @@ SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "d
 # Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
 MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
               "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
+# What --set may change: how a machine runs the recipe, not the recipe (outside a run's fingerprint).
+MACHINE_KEYS = ("data.num_workers", "run.threads", "run.progress")
 REPORT = ROOT / "docs" / "default_model_report.json"
 SUITE_DIR = ROOT / "src" / "kinetograph" / "eval" / "suites"
 
@@ -90,15 +92,49 @@ def built_before_subjects(out: Path) -> bool:
     return any(r.get("kind") == "camera" and "subject" not in r for r in rows)
 
 
-def train() -> None:
-    """Data builds and stages not done yet; their times are read back by recorded_seconds."""
+# The recipe on one GPU (`--gpu`, bench/gpu_trip.py). A step of this small model costs a GPU
+# about the same at 4x the batch (kernel launches, not arithmetic, bound it), so the stages that
+# train long take 4x the batch for a quarter of the steps: the same samples, with the learning
+# rate x2 (square-root scaling for Adam) and the EMA decay ^4 (the same horizon in samples). The
+# autoencoder and stage 1 are short and stay as they are. All in float32, as on a CPU.
+GPU_BATCH = 4
+GPU_SCALED = ("video", "finetune_low", "finetune", "finetune_hq")
+
+
+def gpu_variant(name: str) -> list[str]:
+    """--set overrides that turn stage `name` of the recipe into its GPU variant."""
+    import tomllib
+
+    out = ["run.precision=\"fp32\""]
+    if name not in GPU_SCALED:
+        return out
+    cfg = tomllib.loads((ROOT / "configs" / "default_model" / f"{name}.toml").read_text())
+    k = GPU_BATCH
+    return out + [f"data.batch_size={cfg['data']['batch_size'] * k}", f"run.max_steps={cfg['run']['max_steps'] // k}",
+                  f"run.ckpt_every={max(1, cfg['run']['max_steps'] // k // 2)}", f"optim.lr={cfg['optim']['lr'] * math.sqrt(k):g}",
+                  f"ema.decay={round(cfg['ema']['decay'] ** k, 6)}"]
+
+
+def train(overrides: list[str] = (), gpu: bool = False) -> None:
+    """Data builds and stages not done yet; their times are read back by recorded_seconds.
+    `overrides` go to every stage as --set KEY=VALUE: keys of the machine, not of the recipe
+    (data.num_workers, run.threads: config.py leaves them out of a run's fingerprint).
+    `gpu`: the recipe's GPU variant (`gpu_variant`)."""
     for recipe, out in DATA.items():
         if not (out / "dataset.json").exists() or built_before_subjects(out):
-            run(KG + ["data", "build", "--recipe", recipe, "-o", out])
-    for name, stage in STAGES.items():
+            # The same bytes with any number of workers (data/build.py).
+            run(KG + ["data", "build", "--recipe", recipe, "-o", out, "--workers", max(2, min(16, os.cpu_count() or 2))])
+    exported = [i for i, name in enumerate(STAGES) if (RUNS / name / "export" / "model.safetensors").exists()]
+    for i, (name, stage) in enumerate(STAGES.items()):
+        # A stage before the last exported one is done, also when its own export is elsewhere
+        # (bench/gpu_trip.py brings back only the last stages' exports).
+        if exported and i <= max(exported):
+            continue
         if not (RUNS / name / "export" / "model.safetensors").exists():
             resume = ["--resume"] if (RUNS / name / "checkpoints").is_dir() and any((RUNS / name / "checkpoints").iterdir()) else []
-            run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml", *resume])
+            sets = [a for key in [*overrides, *(gpu_variant(name) if gpu else [])] for a in ("--set", key)]
+            run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml",
+                      *resume, *sets])
     if not LAST_EXPORT.exists():
         run(KG + ["camera-head", RUNS / "finetune_hq" / "export" / "model.safetensors",
                   "--data", DATA["default_model_hq"], "-o", LAST_EXPORT])
@@ -507,6 +543,12 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true",
                     help="build the data and train the stages not done yet, then stop: no ship, no evaluation "
                          "(a reproduction run, compared with the shipped file before it replaces it)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="with training: a machine setting for every stage, e.g. --set data.num_workers=8 "
+                         "(only keys outside a run's fingerprint: data.num_workers, run.threads, run.progress)")
+    ap.add_argument("--gpu", action="store_true",
+                    help="with training: the recipe's GPU variant (4x the batch for a quarter of the steps in the "
+                         "long stages; bench/gpu_trip.py runs it on a lent GPU)")
     ap.add_argument("--vae", nargs="+", type=Path, metavar="FILE",
                     help="only print the held-out reconstruction of these models' or checkpoints' autoencoders")
     ap.add_argument("--probe", nargs="+", type=Path, metavar="FILE",
@@ -553,12 +595,15 @@ def main() -> None:
     from kinetograph import default_model
 
     times = load_times()  # of the evaluations; data and training times come from their own logs
+    if bad := [o for o in args.overrides if o.split("=")[0] not in MACHINE_KEYS]:
+        sys.exit(f"error: --set {bad[0]}: only machine settings may change ({', '.join(MACHINE_KEYS)}); "
+                 "the recipe itself lives in configs/default_model/")
     if args.train_only:
-        train()
+        train(args.overrides, args.gpu)
         print(json.dumps({"training_seconds": recorded_seconds()}, indent=2))
         return
     if not args.eval_only:
-        train()
+        train(args.overrides, args.gpu)
         if ship():
             for suite in SUITES:  # a new model invalidates old evaluations
                 (RUNS / f"eval_{suite}" / "report.json").unlink(missing_ok=True)

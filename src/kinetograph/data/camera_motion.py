@@ -301,26 +301,35 @@ def generate(
     only in the move).
     """
     for pi, photo in enumerate(photos):
-        image = load_photo(photo.name)
-        for kind in MOTIONS:
-            if kind not in moves:
-                continue
-            classes = ("static",) if kind == "static" else tuple(cfg.speeds)
-            for speed_class in classes:
-                for n in range(per_class):
-                    # One generator per clip, seeded by its identity: adding photos keeps others fixed.
-                    rng = np.random.default_rng([seed, pi, MOTIONS.index(kind), classes.index(speed_class), n])
-                    lo, hi = cfg.speeds.get(speed_class, (0.0, 0.0))
-                    move = CameraMove(kind, float(rng.uniform(lo, hi)) if kind != "static" else 0.0)
-                    move = CameraMove(kind, true_speed(move, cfg))
-                    name = photo.subjects[rng.integers(len(photo.subjects))]
-                    yield CameraClip(
-                        key=f"{clip_key_name(photo.name)}-{kind}-{speed_class}-{n}",
-                        frames=render(image, move, cfg, rng),
-                        fps=cfg.fps,
-                        caption=caption_for(kind, speed_class, subject or name, rng),
-                        move=move,
-                        speed_class=speed_class,
-                        photo=photo.name,
-                        subject=subject or name,
-                    )
+        yield from photo_clips(cfg, seed, pi, photo, per_class, moves, subject)
+
+
+def photo_clips(
+    cfg: CameraMotionConfig, seed: int, pi: int, photo: Photo, per_class: int = 1,
+    moves: tuple[str, ...] = MOTIONS, subject: str = "",
+) -> Iterator[CameraClip]:
+    """`generate`'s clips of its `pi`-th photo: each photo's clips depend on it alone, so a build
+    renders photos in parallel and gets the same clips."""
+    image = load_photo(photo.name)
+    for kind in MOTIONS:
+        if kind not in moves:
+            continue
+        classes = ("static",) if kind == "static" else tuple(cfg.speeds)
+        for speed_class in classes:
+            for n in range(per_class):
+                # One generator per clip, seeded by its identity: adding photos keeps others fixed.
+                rng = np.random.default_rng([seed, pi, MOTIONS.index(kind), classes.index(speed_class), n])
+                lo, hi = cfg.speeds.get(speed_class, (0.0, 0.0))
+                move = CameraMove(kind, float(rng.uniform(lo, hi)) if kind != "static" else 0.0)
+                move = CameraMove(kind, true_speed(move, cfg))
+                name = photo.subjects[rng.integers(len(photo.subjects))]
+                yield CameraClip(
+                    key=f"{clip_key_name(photo.name)}-{kind}-{speed_class}-{n}",
+                    frames=render(image, move, cfg, rng),
+                    fps=cfg.fps,
+                    caption=caption_for(kind, speed_class, subject or name, rng),
+                    move=move,
+                    speed_class=speed_class,
+                    photo=photo.name,
+                    subject=subject or name,
+                )

@@ -75,7 +75,7 @@ def build_command(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")],
     recipe: Annotated[str, typer.Option(help="default, or tiny (for smoke tests).")] = "default",
     seed: Annotated[int, typer.Option(help="Seed of the generated camera moves and captions.")] = 0,
-    workers: Annotated[int, typer.Option(help="Processes for curating the real videos.")] = 2,
+    workers: Annotated[int, typer.Option(help="Processes for rendering the camera clips and curating the real videos.")] = 2,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Write the project's training data (real clips, camera moves, images) as a manifest + shards."""

@@ -32,8 +32,10 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         d = self.current_decay()
-        for k, p in self.params.items():
-            self.shadow[k].lerp_(p.detach().float(), 1.0 - d)
+        shadow = [self.shadow[k] for k in self.params]
+        live = [p.detach().float() for p in self.params.values()]
+        # One fused launch per group on a GPU instead of one per tensor; on a CPU the same lerp per tensor.
+        torch._foreach_lerp_(shadow, live, 1.0 - d)
         self.updates += 1
 
     @contextmanager
