@@ -650,8 +650,9 @@ def add_attention(model: SVD, factors: tuple[int, ...]) -> SVD:
 class CaptionEncoder:
     """Captions -> (tokens (b, n, d), mask (b, n), pooled (b, d)) from the model's frozen text encoder.
 
-    Encodings are cached per caption (datasets repeat captions) on the CPU; an empty caption is
-    "no text" (all-False mask, zero pooled vector), the same as a dropped text.
+    The encoder runs on the training device; encodings are cached per caption (datasets repeat
+    captions) on the CPU; an empty caption is "no text" (all-False mask, zero pooled vector), the
+    same as a dropped text.
     """
 
     def __init__(self, encoder: TextEncoder, max_cached: int = 100_000):
@@ -671,6 +672,10 @@ class CaptionEncoder:
         missing = sorted({c for c in captions if c and c not in self.cache})
         known = {c: self.cache[c] for c in captions if c in self.cache}
         if missing:
+            if self.encoder.device != device:
+                # On the training device: paraphrased captions are mostly new (~28 of 32 a step),
+                # and MiniLM on the CPU beside a GPU step took 3x the step (docs/benchmarks.md).
+                self.encoder.to(device)
             emb = self.encoder.encode(missing)
             for i, c in enumerate(missing):
                 n = int(emb.mask[i].sum())  # real tokens come first (right padding)
