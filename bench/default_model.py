@@ -96,7 +96,8 @@ def built_before_subjects(out: Path) -> bool:
 # about the same at 4x the batch (kernel launches, not arithmetic, bound it), so the stages that
 # train long take 4x the batch for a quarter of the steps: the same samples, with the learning
 # rate x2 (square-root scaling for Adam) and the EMA decay ^4 (the same horizon in samples). The
-# autoencoder and stage 1 are short and stay as they are. All in float32, as on a CPU.
+# autoencoder and stage 1 are short and stay as they are. All in float32, as on a CPU. A
+# checkpoint every eighth of a stage: a call stopped by its time limit loses little on resume.
 GPU_BATCH = 4
 GPU_SCALED = ("video", "finetune_low", "finetune", "finetune_hq")
 
@@ -111,7 +112,7 @@ def gpu_variant(name: str) -> list[str]:
     cfg = tomllib.loads((ROOT / "configs" / "default_model" / f"{name}.toml").read_text())
     k = GPU_BATCH
     return out + [f"data.batch_size={cfg['data']['batch_size'] * k}", f"run.max_steps={cfg['run']['max_steps'] // k}",
-                  f"run.ckpt_every={max(1, cfg['run']['max_steps'] // k // 2)}", f"optim.lr={cfg['optim']['lr'] * math.sqrt(k):g}",
+                  f"run.ckpt_every={max(1, cfg['run']['max_steps'] // k // 8)}", f"optim.lr={cfg['optim']['lr'] * math.sqrt(k):g}",
                   f"ema.decay={round(cfg['ema']['decay'] ** k, 6)}"]
 
 

@@ -11,9 +11,17 @@ That machine has PyTorch, OpenCV, scikit-image and transformers, no network, and
 
     python bench/gpu_trip.py pack                  # here: fill .trip/ (ignored by git, ~45 MB)
     python3 bench/gpu_trip.py run --budget 540     # there, with .trip carried: the data build and
-                                                   # `bench/default_model.py --train-only`, stopped
-                                                   # at the budget; what finished comes back in $OUT
+                                                   # `bench/default_model.py --train-only --gpu`,
+                                                   # stopped at the budget; what finished comes
+                                                   # back in $OUT. Run again at once (the machine
+                                                   # stays warm ~30 s): it resumes where it stopped
     python bench/gpu_trip.py unpack DIR            # here: DIR's exports and logs into runs/default_model/
+
+The call sends the checkout's tracked files too, and the shipped weights (32 MB) would not fit
+beside .trip: make the call from a branch that deletes them and the CLIP merges (`git rm
+src/kinetograph/models/assets/{kinetograph-mini256.safetensors,bpe_simple_vocab_16e6.txt.gz}`,
+commit), with `.trip` carried; session 15's call, its timings and what it found:
+docs/model-card.md, docs/benchmarks.md.
 
 What comes back: the last two stages that finished, as float16 exports cut into parts (the
 device tool returns files of at most 16 MiB), and a tarball of every stage's metrics.jsonl, the
@@ -161,7 +169,7 @@ def run_there(budget: float, out: Path, workers: int) -> None:
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **install()}
-    log = open(ROOT / "trip-train.log", "w")
+    log = open(ROOT / "trip-train.log", "a")  # a second call on the same machine resumes: keep the first's log
     cmd = [sys.executable, str(ROOT / "bench" / "default_model.py"), "--train-only", "--gpu",
            "--set", f"data.num_workers={workers}", "--set", "run.progress=false"]
     print("$", " ".join(cmd), flush=True)
