@@ -13,6 +13,7 @@
                                              # does the stage-3 UNet carry an unseen photo over? (~1 min each)
     python bench/default_model.py --transport FILE   # does the denoiser carry detail along a move? (~2 min)
     python bench/default_model.py --text-space  # can MiniLM's pooled vector alone tell the suite's wordings apart?
+    python bench/default_model.py --training-flicker  # the finetuning clips' flicker, per move (~3 min)
     python bench/default_model.py --ship runs/NAME/export/model.safetensors
                                              # ship that export instead of the recipe's (float16, hash recorded)
 
@@ -184,6 +185,8 @@ def suite_numbers(name: str, report: dict) -> dict:
     out = {"correct": sum(c["correct"] for c in control["per_class"].values()), "scored": control["n_scored"],
            "per_class": {k: f"{v['correct']}/{v['n']}" for k, v in control["per_class"].items()},
            "frame0_psnr": round(summary["mean"]["psnr"], 2), "flicker": round(summary["mean"]["flicker_luminance"], 2)}
+    if "flicker_luminance_jitter" in summary["mean"]:  # brightness jitter around the local trend
+        out["flicker_jitter"] = round(summary["mean"]["flicker_luminance_jitter"], 2)
     moving = [c["metrics"]["carry_over"] for c in report["cases"]  # NaN: the camera left frame 0 behind
               if c.get("metrics") and c["expected_motion"] != "static" and not math.isnan(c["metrics"]["carry_over"])]
     out["carry_over_moving_median"] = round(statistics.median(moving), 1) if moving else None
@@ -226,23 +229,30 @@ def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs:
     return table
 
 
-def training_flicker(n: int = 40) -> dict:
-    """Mean flicker and warping error of the finetuning clips: the steadiness the model saw."""
+def training_flicker() -> dict:
+    """Flicker, brightness jitter and warping error of the finetuning clips, all of them, overall
+    and per camera move: the steadiness the model saw (a zoom's brightness changes as new content
+    comes in; a still camera's does not)."""
     import numpy as np
 
     from kinetograph.data.datasets import ClipDataset, SampleConfig
     from kinetograph.eval.evaluate import evaluate_video
 
     ds = ClipDataset(DATA["default_model_hq"], SampleConfig(num_frames=14, fps=8.0, height=256, width=256, kinds=("camera",)))
-    step = max(1, len(ds) // n)
-    rows = []
-    for i in range(0, len(ds), step):
-        video = ((ds[i]["video"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    rows: dict[str, list] = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        video = ((item["video"].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         m = evaluate_video(video)
-        rows.append((m.flicker_luminance, m.flicker_high_frequency, m.warping_error))
-    a = np.array(rows, dtype=np.float64)
-    return {"clips": len(rows), "flicker_luminance": a[:, 0].mean(), "flicker_high_frequency": a[:, 1].mean(),
-            "warping_error": a[:, 2].mean()}
+        move = ds.rows[i]["move"]["kind"]
+        rows.setdefault(move, []).append((m.flicker_luminance, m.flicker_luminance_jitter, m.warping_error))
+
+    def means(values: list) -> dict:
+        a = np.array(values, dtype=np.float64)
+        return {"clips": len(a), "flicker_luminance": a[:, 0].mean(), "flicker_luminance_jitter": a[:, 1].mean(),
+                "warping_error": a[:, 2].mean()}
+
+    return means([r for v in rows.values() for r in v]) | {"per_move": {k: means(v) for k, v in sorted(rows.items())}}
 
 
 HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket")
@@ -559,6 +569,8 @@ def main() -> None:
     ap.add_argument("--motion-size", type=int, default=64, help="frame size of the motion probe (default 64)")
     ap.add_argument("--transport", nargs="+", type=Path, metavar="FILE",
                     help="only print transport_probe of these model files (detail carried along a move)")
+    ap.add_argument("--training-flicker", action="store_true",
+                    help="only print the finetuning clips' flicker and brightness jitter, overall and per move")
     ap.add_argument("--text-space", action="store_true",
                     help="only print how far MiniLM's pooled vector alone separates the suite's wordings")
     ap.add_argument("--compare", nargs="+", type=Path, metavar="FILE",
@@ -579,6 +591,9 @@ def main() -> None:
     if args.transport:
         for path in args.transport:
             print(path, json.dumps(transport_probe(path)), flush=True)
+        return
+    if args.training_flicker:
+        print(json.dumps(training_flicker(), indent=1, default=float))
         return
     if args.text_space:
         print(json.dumps(text_space_probe()))

@@ -285,3 +285,22 @@ def test_gpu_trip_slim_minilm_encodes_captions_like_the_package(tmp_path: Path, 
             f"e.encode([{caption!r}]); e.encode(['a xylophone quartet'])")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode != 0 and "not in the slim MiniLM" in res.stderr, res.stderr[-500:]
+
+
+def test_training_flicker_reads_every_clip_and_splits_by_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The clips' steadiness the model card compares against: all clips, and per camera move (a
+    still camera's clips do not change brightness; a tilt's do, as new content comes in)."""
+    from kinetograph.data.build import build
+
+    bench = _bench()
+    build(tmp_path / "tiny", "tiny", seed=0, workers=1, progress=False)
+    monkeypatch.setattr(bench, "DATA", {"default_model_hq": tmp_path / "tiny"})
+    out = bench.training_flicker()
+    rows = [json.loads(x) for x in (tmp_path / "tiny" / "manifest.jsonl").read_text().splitlines()]
+    moves = [r["move"]["kind"] for r in rows if r["kind"] == "camera"]
+    assert out["clips"] == len(moves)
+    assert {k: v["clips"] for k, v in out["per_move"].items()} == {m: moves.count(m) for m in set(moves)}
+    still = out["per_move"]["static"]
+    assert still["flicker_luminance"] < 0.1 and still["flicker_luminance_jitter"] < 0.1
+    assert out["per_move"]["tilt_up"]["flicker_luminance"] > still["flicker_luminance"]
+    assert out["flicker_luminance_jitter"] <= out["flicker_luminance"]

@@ -90,7 +90,12 @@ def test_zero_init_text_branch_keeps_the_image_only_pipeline(photo):
     ref = ImageToVideo(image_only, PRESETS["tiny"])(photo, **SETTINGS)
     out = ImageToVideo(grown, PRESETS["tiny_text"])(photo, "the camera pans left", **SETTINGS)
     assert ref.abs().max() > 0.05
-    assert torch.equal(out, ref)
+    # Equal up to float32 rounding: the text model batches three guidance branches where the
+    # image-only one batches two, and some CPUs round a batch of 3 differently (1.2e-4 on an Intel
+    # Xeon; bit for bit on an AMD EPYC). With text guidance 0 it is the image-only pipeline exactly.
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=0)
+    assert torch.equal(ImageToVideo(grown, PRESETS["tiny_text"])(photo, "the camera pans left", text_guidance_scale=0.0,
+                                                                 **SETTINGS), ref)
 
 
 def test_official_weights_steer_with_open_clip_text_tower(blind_ckpt, clip_text_file, photo):

@@ -94,6 +94,12 @@ def generate(
         typer.Option("--pin-first-frame/--no-pin-first-frame",
                      help="Frame 0 is the input image itself (default: the preset's; SVD's: off)."),
     ] = None,
+    deflicker: Annotated[
+        bool | None,
+        typer.Option("--deflicker/--no-deflicker",
+                     help="Steady each frame's brightness along the clip's trend, frame 0 kept "
+                          "(default: the preset's; the default model's: on; SVD's: off)."),
+    ] = None,
     text_tokens: Annotated[
         bool | None,
         typer.Option("--text-tokens/--no-text-tokens",
@@ -170,6 +176,7 @@ def generate(
             sampler=sampler,
             guidance_ramp=guidance_ramp,
             pin_first_frame=pin_first_frame,
+            deflicker=deflicker,
             text_tokens=text_tokens,
             camera_prompt=camera_prompt,
             callback=progress,

@@ -82,6 +82,10 @@ class SamplingDefaults:
     # from the photo itself and the other frames are denoised next to it. SVD generates frame 0
     # like the others (False, the official behaviour).
     pin_first_frame: bool = False
+    # Each frame's mean colour moved onto the clip's local linear trend after decoding
+    # (pipeline/deflicker.py): removes frame-to-frame brightness jitter, keeps frame 0 and any
+    # linear brightness change. SVD does not (False, the official behaviour).
+    deflicker: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,10 +208,11 @@ PRESETS: dict[str, Preset] = {
         # less (1.07 vs 1.41) and skips the unconditional branch, a third of the UNet work
         # (docs/model-card.md, session 11). Frame 0 pinned to the photo: frame 0 keeps 25.7 dB
         # instead of 23.7 (the autoencoder's round trip), with the same text control, bucket
-        # control and carry-over (docs/model-card.md, session 12).
+        # control and carry-over (docs/model-card.md, session 12). Deflickered: its frames' brightness
+        # jitters ~5x its training clips' otherwise (docs/model-card.md, session 15).
         SamplingDefaults(num_frames=14, num_inference_steps=20, fps=8, decode_chunk_size=14, height=256, width=256,
                          min_guidance_scale=1.0, max_guidance_scale=1.0, motion_bucket_id=145,
-                         pin_first_frame=True),
+                         pin_first_frame=True, deflicker=True),
     ),
 }
 

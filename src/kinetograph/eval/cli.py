@@ -7,7 +7,7 @@ it as a Typer command; the top-level CLI registers it with its own generator fac
     app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint, settings) -> fn
 
 `settings` holds only the generation options the user set (height, width, steps, sampler,
-text_guidance_scale, min/max_guidance_scale, negative_prompt, pin_first_frame, text_tokens, camera_prompt), under the pipeline's argument names; the rest are the preset's defaults.
+text_guidance_scale, min/max_guidance_scale, negative_prompt, pin_first_frame, deflicker, text_tokens, camera_prompt), under the pipeline's argument names; the rest are the preset's defaults.
 
 Importing this module is cheap: OpenCV, scikit-image, matplotlib and torch load only when
 `eval_command` runs, so `kinetograph --help` stays fast.
@@ -413,6 +413,11 @@ def make_eval_cli(
             typer.Option("--pin-first-frame/--no-pin-first-frame",
                          help="Frame 0 is the input image itself; default: the preset's."),
         ] = None,
+        deflicker: Annotated[
+            bool | None,
+            typer.Option("--deflicker/--no-deflicker",
+                         help="Steady each frame's brightness along the clip's trend; default: the preset's."),
+        ] = None,
         text_tokens: Annotated[
             bool | None,
             typer.Option("--text-tokens/--no-text-tokens",
@@ -433,7 +438,7 @@ def make_eval_cli(
         options = dict(height=height, width=width, num_inference_steps=steps, sampler=sampler,
                        text_guidance_scale=text_guidance, min_guidance_scale=min_guidance,
                        max_guidance_scale=max_guidance, negative_prompt=negative_prompt,
-                       pin_first_frame=pin_first_frame, text_tokens=text_tokens,
+                       pin_first_frame=pin_first_frame, deflicker=deflicker, text_tokens=text_tokens,
                        camera_prompt=camera_prompt)
         generation = {k: v for k, v in options.items() if v is not None}
         if videos is not None and generation:

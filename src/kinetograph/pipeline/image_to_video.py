@@ -36,6 +36,7 @@ from kinetograph.io.checkpoint import load_checkpoint
 from kinetograph.io.video import save_video
 from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.svd import SVD
+from kinetograph.pipeline.deflicker import deflicker as steady_brightness
 from kinetograph.models.text import OpenCLIPTextEncoder, TextEncoder, check_text_encoder, load_text_encoder
 from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_image, resize_and_crop
 from kinetograph.presets import Preset
@@ -147,6 +148,7 @@ class ImageToVideo:
         pin_first_frame: bool | None = None,
         text_tokens: bool | None = None,
         camera_prompt: bool | None = None,
+        deflicker: bool | None = None,
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "video",
     ) -> Video | torch.Tensor:
@@ -163,6 +165,8 @@ class ImageToVideo:
         `pin_first_frame`: frame 0 is the image's own latent (SamplingDefaults.pin_first_frame).
         `text_tokens`: text models read the prompt's tokens as well as its pooled vector (default;
         False: the pooled vector only).
+        `deflicker`: move each decoded frame's mean colour onto the clip's local trend, frame 0
+        kept (pipeline/deflicker.py; SamplingDefaults.deflicker).
         `camera_prompt`: models with a camera head sample with the training captions' own wording
         of the move the head reads in the prompt (`CANONICAL_CAPTIONS`) when it gives that move at
         least CAMERA_PROMPT_MIN; default: on for those models. The token path knows the captions'
@@ -236,7 +240,7 @@ class ImageToVideo:
         x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step, **extra)
         if output_type == "latent":
             return rearrange(x, "(b t) c h w -> b t c h w", t=num_frames)
-        frames = self.decode(x, num_frames, chunk)
+        frames = self.decode(x, num_frames, chunk, d.deflicker if deflicker is None else deflicker)
         return Video(frames=frames, fps=float(fps))
 
     # -----------------------------------------------------------------------------------------
@@ -332,12 +336,15 @@ class ImageToVideo:
     def denoiser(self) -> Denoiser:
         return Denoiser(self.network, VScalingEDMcNoise(), self.model.cfg.anchor_scale)
 
-    def decode(self, latents: torch.Tensor, num_frames: int, chunk_size: int) -> np.ndarray:
+    def decode(self, latents: torch.Tensor, num_frames: int, chunk_size: int, deflicker: bool = False) -> np.ndarray:
         """((b t), c, h, w) latents -> (t, H, W, 3) uint8 frames of the first video."""
         vae = self.model.vae
         pixels = vae.decode(latents.float() / vae.cfg.scale_factor, num_frames=num_frames, chunk_size=chunk_size)
+        pixels = pixels[:num_frames]
+        if deflicker:
+            pixels = steady_brightness(pixels)
         frames = ((pixels + 1) / 2).clamp(0, 1)
-        frames = rearrange(frames[:num_frames], "t c h w -> t h w c")
+        frames = rearrange(frames, "t c h w -> t h w c")
         return (frames * 255).round().to(torch.uint8).cpu().numpy()
 
     @property
