@@ -304,3 +304,44 @@ def test_training_flicker_reads_every_clip_and_splits_by_move(tmp_path: Path, mo
     assert still["flicker_luminance"] < 0.1 and still["flicker_luminance_jitter"] < 0.1
     assert out["per_move"]["tilt_up"]["flicker_luminance"] > still["flicker_luminance"]
     assert out["flicker_luminance_jitter"] <= out["flicker_luminance"]
+
+
+def test_gpu_trip_unpack_joins_the_parts_and_records_the_finished_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """What a call brings back (float16 exports cut into parts, a tarball of metrics and the
+    machine's record) lands where `bench/default_model.py --train-only` continues: the parts
+    joined byte for byte, the finished stages' metrics in place, an unfinished one's left out."""
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("gpu_trip", Path(__file__).parents[1] / "bench" / "gpu_trip.py")
+    trip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trip)
+    import default_model as dm  # bench/, put on sys.path by gpu_trip
+
+    runs = tmp_path / "runs" / "default_model"
+    monkeypatch.setattr(dm, "RUNS", runs)
+    monkeypatch.setattr(dm, "LAST_EXPORT", runs / "camera_head" / "model.safetensors")
+    monkeypatch.setattr(trip, "ROOT", tmp_path)
+    back = tmp_path / "back"
+    back.mkdir()
+    video = bytes(range(256)) * 1000
+    for i in range(3):
+        (back / f"video.part{i}").write_bytes(video[i * 100_000:(i + 1) * 100_000])
+    (back / "image.part0").write_bytes(b"image export")
+    logs = tmp_path / "logs"
+    for stage in ("image", "video", "finetune_low"):
+        (logs / "runs" / "default_model" / stage).mkdir(parents=True)
+        (logs / "runs" / "default_model" / stage / "metrics.jsonl").write_text(f'{{"step": 1, "stage": "{stage}"}}\n')
+    (logs / "trip-machine.json").write_text(json.dumps({"gpu": "NVIDIA H200", "finished": ["vae", "image", "video"],
+                                                       "returned": ["image", "video"]}))
+    (logs / "runs" / "default_model" / "vae").mkdir()
+    (logs / "runs" / "default_model" / "vae" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with tarfile.open(back / "logs.tar.gz", "w:gz") as tar:
+        for f in logs.rglob("*"):
+            if f.is_file():
+                tar.add(f, arcname=str(f.relative_to(logs)))
+    trip.unpack(back)
+    assert (runs / "video" / "export" / "model.safetensors").read_bytes() == video
+    assert (runs / "image" / "export" / "model.safetensors").read_bytes() == b"image export"
+    assert json.loads((runs / "video" / "metrics.jsonl").read_text())["stage"] == "video"
+    assert not (runs / "finetune_low").exists()  # stopped by the budget there: trained again here
