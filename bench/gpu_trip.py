@@ -155,6 +155,11 @@ def install() -> dict:
             "PYTHONUNBUFFERED": "1"}
 
 
+def stage_name(path: Path) -> str:
+    """runs/default_model/NAME/export/model.safetensors -> NAME; the camera-head file -> camera_head."""
+    return path.parent.parent.name if path.parent.name == "export" else path.parent.name
+
+
 def finished_stages() -> list[Path]:
     """Exports that exist, in recipe order (the camera-head file last)."""
     import default_model as dm
@@ -186,7 +191,7 @@ def run_there(budget: float, out: Path, workers: int) -> None:
     done = finished_stages()
     print("finished:", [str(p.relative_to(ROOT)) for p in done], flush=True)
     for path in done[-2:]:
-        name = path.parent.parent.name if path.parent.name == "export" else path.parent.name
+        name = stage_name(path)
         half = ROOT / f"trip-{name}.safetensors"
         subprocess.run([sys.executable, "-m", "kinetograph.cli", "convert", str(path), str(half), "--to", "original",
                         "--dtype", "float16"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -198,9 +203,8 @@ def run_there(budget: float, out: Path, workers: int) -> None:
                   ROOT / "trip-train.log"]:
             tar.add(f, arcname=str(f.relative_to(ROOT)))
         info = ROOT / "trip-machine.json"
-        stages = [p.parent.parent.name for p in done if p.parent.name == "export"]
-        info.write_text(json.dumps(machine() | {"finished": stages, "returned": [p.parent.name if p == dm.LAST_EXPORT
-                                                                                 else p.parent.parent.name for p in done[-2:]]},
+        stages = [stage_name(p) for p in done if p != dm.LAST_EXPORT]
+        info.write_text(json.dumps(machine() | {"finished": stages, "returned": [stage_name(p) for p in done[-2:]]},
                                    indent=1))
         tar.add(info, arcname=info.name)
     print(f"packed {sorted(p.name for p in out.iterdir())} after {time.time() - t0:.0f} s", flush=True)
