@@ -105,16 +105,16 @@ GPU_SCALED = ("video", "finetune_low", "finetune", "finetune_hq")
 
 def gpu_variant(name: str) -> list[str]:
     """--set overrides that turn stage `name` of the recipe into its GPU variant."""
-    import tomllib
+    from kinetograph.training.config import load_config
 
     out = ["run.precision=\"fp32\""]
     if name not in GPU_SCALED:
         return out
-    cfg = tomllib.loads((ROOT / "configs" / "default_model" / f"{name}.toml").read_text())
+    cfg = load_config(ROOT / "configs" / "default_model" / f"{name}.toml")
     k = GPU_BATCH
-    return out + [f"data.batch_size={cfg['data']['batch_size'] * k}", f"run.max_steps={cfg['run']['max_steps'] // k}",
-                  f"run.ckpt_every={max(1, cfg['run']['max_steps'] // k // 8)}", f"optim.lr={cfg['optim']['lr'] * math.sqrt(k):g}",
-                  f"ema.decay={round(cfg['ema']['decay'] ** k, 6)}"]
+    return out + [f"data.batch_size={cfg.data.batch_size * k}", f"run.max_steps={cfg.run.max_steps // k}",
+                  f"run.ckpt_every={max(1, cfg.run.max_steps // k // 8)}", f"optim.lr={cfg.optim.lr * math.sqrt(k):g}",
+                  f"ema.decay={round(cfg.ema.decay ** k, 6)}"]
 
 
 def train(overrides: list[str] = (), gpu: bool = False) -> None:
@@ -127,16 +127,13 @@ def train(overrides: list[str] = (), gpu: bool = False) -> None:
             # The same bytes with any number of workers (data/build.py).
             run(KG + ["data", "build", "--recipe", recipe, "-o", out, "--workers", max(2, min(16, os.cpu_count() or 2))])
     exported = [i for i, name in enumerate(STAGES) if (RUNS / name / "export" / "model.safetensors").exists()]
-    for i, (name, stage) in enumerate(STAGES.items()):
-        # A stage before the last exported one is done, also when its own export is elsewhere
-        # (bench/gpu_trip.py brings back only the last stages' exports).
-        if exported and i <= max(exported):
-            continue
-        if not (RUNS / name / "export" / "model.safetensors").exists():
-            resume = ["--resume"] if (RUNS / name / "checkpoints").is_dir() and any((RUNS / name / "checkpoints").iterdir()) else []
-            sets = [a for key in [*overrides, *(gpu_variant(name) if gpu else [])] for a in ("--set", key)]
-            run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml",
-                      *resume, *sets])
+    # The stages up to the last exported one are done, also those whose own export is elsewhere
+    # (bench/gpu_trip.py brings back only the last stages' exports).
+    for name, stage in list(STAGES.items())[max(exported, default=-1) + 1:]:
+        resume = ["--resume"] if (RUNS / name / "checkpoints").is_dir() and any((RUNS / name / "checkpoints").iterdir()) else []
+        sets = [a for key in [*overrides, *(gpu_variant(name) if gpu else [])] for a in ("--set", key)]
+        run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml",
+                  *resume, *sets])
     if not LAST_EXPORT.exists():
         run(KG + ["camera-head", RUNS / "finetune_hq" / "export" / "model.safetensors",
                   "--data", DATA["default_model_hq"], "-o", LAST_EXPORT])

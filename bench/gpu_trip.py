@@ -174,19 +174,17 @@ def run_there(budget: float, out: Path, workers: int) -> None:
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **install()}
-    log = open(ROOT / "trip-train.log", "a")  # a second call on the same machine resumes: keep the first's log
     cmd = [sys.executable, str(ROOT / "bench" / "default_model.py"), "--train-only", "--gpu",
            "--set", f"data.num_workers={workers}", "--set", "run.progress=false"]
     print("$", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    left = budget - (time.time() - t0)
-    try:
-        rc = proc.wait(timeout=max(1.0, left))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        rc = "stopped at the budget"
-    log.close()
+    with open(ROOT / "trip-train.log", "a") as log:  # a second call on the same machine resumes: keep the first's log
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(1.0, budget - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = "stopped at the budget"
     print(f"training: {rc} after {time.time() - t0:.0f} s", flush=True)
     done = finished_stages()
     print("finished:", [str(p.relative_to(ROOT)) for p in done], flush=True)

@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -154,9 +155,11 @@ def build(out: str | Path, recipe: str | Recipe = "default", seed: int = 0, work
 
     # Camera-motion clips: the true speed sets the bucket. Each photo's clips are rendered and
     # encoded in a worker process, then written in photo order (the same bytes as one process).
+    # Spawned, not forked: OpenCV's and PyAV's threads do not survive a fork.
     jobs = [(recipe, seed, pi, photo, bucket_map) for pi, photo in enumerate(photos)]
-    with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer, _pool(workers) as pool:
-        for clips in pool.imap(_photo_clips, jobs):
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else nullcontext()
+    with ShardWriter(out / "camera", "camera", recipe.shard_max_count) as writer, pool:
+        for clips in (pool.imap if workers > 1 else map)(_photo_clips, jobs):
             for meta, mp4 in clips:
                 shard = writer.write(meta["key"], {"mp4": mp4, "json": meta})
                 rows.append({**meta, "shard": f"camera/{shard}"})
@@ -197,26 +200,6 @@ def _photo_clips(job: tuple[Recipe, int, int, Photo, MotionBucketMap]) -> list[t
         }
         out.append((meta, encode_mp4_bytes(clip.frames, clip.fps)))
     return out
-
-
-class _InProcess:
-    """A one-process stand-in for multiprocessing.Pool's imap, for workers <= 1."""
-
-    def imap(self, fn, jobs):
-        return map(fn, jobs)
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _pool(workers: int):
-    if workers <= 1:
-        return _InProcess()
-    # spawn, not fork: OpenCV's and PyAV's threads do not survive a fork.
-    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 def _fit(img: np.ndarray, max_side: int) -> np.ndarray:

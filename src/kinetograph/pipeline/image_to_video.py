@@ -36,8 +36,8 @@ from kinetograph.io.checkpoint import load_checkpoint
 from kinetograph.io.video import save_video
 from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.svd import SVD
-from kinetograph.pipeline.deflicker import deflicker as steady_brightness
 from kinetograph.models.text import OpenCLIPTextEncoder, TextEncoder, check_text_encoder, load_text_encoder
+from kinetograph.pipeline.deflicker import deflicker as steady_brightness
 from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_image, resize_and_crop
 from kinetograph.presets import Preset
 
