@@ -168,14 +168,14 @@ def finished_stages() -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def run_there(budget: float, out: Path, workers: int) -> None:
+def run_there(budget: float, out: Path, workers: int, compile_: bool = False) -> None:
     import default_model as dm
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **install()}
     cmd = [sys.executable, str(ROOT / "bench" / "default_model.py"), "--train-only", "--gpu",
-           "--set", f"data.num_workers={workers}", "--set", "run.progress=false"]
+           "--set", f"data.num_workers={workers}", "--set", "run.progress=false", *(["--set", "run.compile=true"] if compile_ else [])]
     print("$", " ".join(cmd), flush=True)
     with open(ROOT / "trip-train.log", "a") as log:  # a second call on the same machine resumes: keep the first's log
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -252,13 +252,14 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=540, help="seconds until training stops and packing starts")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "trip-out")))
     r.add_argument("--workers", type=int, default=8, help="DataLoader workers per stage")
+    r.add_argument("--compile", action="store_true", help="run.compile=true: torch.compile each stage's trained module")
     u = sub.add_parser("unpack")
     u.add_argument("folder", type=Path)
     args = ap.parse_args()
     if args.cmd == "pack":
         pack()
     elif args.cmd == "run":
-        run_there(args.budget, args.out, args.workers)
+        run_there(args.budget, args.out, args.workers, args.compile)
     else:
         unpack(args.folder)
 

@@ -149,6 +149,10 @@ class RunConfig:
     tensorboard: bool = True
     progress: bool = True
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # torch.compile the trained module. For a GPU: this small model's eager step is bound by the
+    # launch and dispatch of ~11k small ops (bench/train_step.py), which compiling fuses. A machine
+    # key: the trajectory is the same up to rounding. Costs a compile at the start of each run.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "los
 # Keys that may change between a run and its resume (they do not change the training trajectory).
 RESUMABLE_CHANGES = {("run", k) for k in ("max_steps", "log_every", "ckpt_every", "keep_last", "val_every", "val_count",
                                           "val_steps", "val_format", "export_layouts", "export_ema", "tensorboard",
-                                          "progress", "threads")} | {("data", "num_workers"), ("data", "cache_latents")}
+                                          "progress", "threads", "compile")} | {("data", "num_workers"), ("data", "cache_latents")}
 
 
 def check(cfg: TrainConfig) -> None:

@@ -85,6 +85,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     model.vae.gradient_checkpointing = cfg.model.gradient_checkpointing and stage.name == "vae"
     module = wrap(stage.module(model), d, cfg.run.distributed)
     module.train()
+    # The loss calls the compiled module; no_sync and the checkpoints see the module itself.
+    forward = torch.compile(module) if cfg.run.compile else module
     trainable = stage.trainable(model)  # FSDP2 replaces parameters by sharded ones
     optimizer = _optimizer(cfg, trainable)
     ema = EMA(trainable, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
@@ -119,7 +121,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
             with no_sync(module, d, active=micro < cfg.optim.grad_accum - 1), autocast:
                 inputs = stage.encode(model, batch, rng)  # encode: latents + conditioning, no grad
                 with stage.forward_context(model.unet):
-                    loss = stage.loss(loss_fn, module, inputs, rng).mean()  # loss
+                    loss = stage.loss(loss_fn, forward, inputs, rng).mean()  # loss
                 scaler.scale(loss / cfg.optim.grad_accum).backward()  # backward
             total += loss.detach() / cfg.optim.grad_accum
         scaler.unscale_(optimizer)

@@ -677,9 +677,11 @@ class CaptionEncoder:
                 # and MiniLM on the CPU beside a GPU step took 3x the step (docs/benchmarks.md).
                 self.encoder.to(device)
             emb = self.encoder.encode(missing)
+            # One copy to the host for the batch (not one wait for the device per caption).
+            tokens, lengths, pooled = emb.tokens.cpu(), emb.mask.sum(dim=1).tolist(), emb.pooled.cpu()
             for i, c in enumerate(missing):
-                n = int(emb.mask[i].sum())  # real tokens come first (right padding)
-                known[c] = (emb.tokens[i, :n].cpu(), emb.pooled[i].cpu())
+                n = lengths[i]  # real tokens come first (right padding)
+                known[c] = (tokens[i, :n].clone(), pooled[i].clone())
                 if len(self.cache) < self.max_cached:
                     self.cache[c] = known[c]
         rows = [known[c] if c else None for c in captions]
