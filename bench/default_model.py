@@ -119,11 +119,12 @@ def gpu_variant(name: str) -> list[str]:
                   f"ema.decay={round(cfg.ema.decay ** k, 6)}"]
 
 
-def train(overrides: list[str] = (), gpu: bool = False) -> None:
+def train(overrides: list[str] = (), gpu: bool = False, compile_long: bool = False) -> None:
     """Data builds and stages not done yet; their times are read back by recorded_seconds.
     `overrides` go to every stage as --set KEY=VALUE: keys of the machine, not of the recipe
     (data.num_workers, run.threads: config.py leaves them out of a run's fingerprint).
-    `gpu`: the recipe's GPU variant (`gpu_variant`)."""
+    `gpu`: the recipe's GPU variant (`gpu_variant`). `compile_long`: run.compile in the four long
+    stages (the short ones would spend longer compiling than training)."""
     for recipe, out in DATA.items():
         if not (out / "dataset.json").exists() or built_before_subjects(out):
             # The same bytes with any number of workers (data/build.py).
@@ -133,7 +134,8 @@ def train(overrides: list[str] = (), gpu: bool = False) -> None:
     # (bench/gpu_trip.py brings back only the last stages' exports).
     for name, stage in list(STAGES.items())[max(exported, default=-1) + 1:]:
         resume = ["--resume"] if (RUNS / name / "checkpoints").is_dir() and any((RUNS / name / "checkpoints").iterdir()) else []
-        sets = [a for key in [*overrides, *(gpu_variant(name) if gpu else [])] for a in ("--set", key)]
+        keys = [*overrides, *(gpu_variant(name) if gpu else []), *(["run.compile=true"] if compile_long and name in GPU_SCALED else [])]
+        sets = [a for key in keys for a in ("--set", key)]
         run(KG + ["train", "--stage", stage, "--config", ROOT / "configs" / "default_model" / f"{name}.toml",
                   *resume, *sets])
     if not LAST_EXPORT.exists():
@@ -555,10 +557,12 @@ def main() -> None:
                          "(a reproduction run, compared with the shipped file before it replaces it)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with training: a machine setting for every stage, e.g. --set data.num_workers=8 "
-                         "(only keys outside a run's fingerprint: data.num_workers, run.threads, run.progress)")
+                         "(only keys outside a run's fingerprint: data.num_workers, run.threads, run.progress, run.compile)")
     ap.add_argument("--gpu", action="store_true",
                     help="with training: the recipe's GPU variant (4x the batch for a quarter of the steps in the "
                          "long stages; bench/gpu_trip.py runs it on a lent GPU)")
+    ap.add_argument("--compile", action="store_true",
+                    help="with training: torch.compile the four long stages' UNet (run.compile; for a GPU)")
     ap.add_argument("--vae", nargs="+", type=Path, metavar="FILE",
                     help="only print the held-out reconstruction of these models' or checkpoints' autoencoders")
     ap.add_argument("--probe", nargs="+", type=Path, metavar="FILE",
@@ -614,11 +618,11 @@ def main() -> None:
         sys.exit(f"error: --set {bad[0]}: only machine settings may change ({', '.join(MACHINE_KEYS)}); "
                  "the recipe itself lives in configs/default_model/")
     if args.train_only:
-        train(args.overrides, args.gpu)
+        train(args.overrides, args.gpu, args.compile)
         print(json.dumps({"training_seconds": recorded_seconds()}, indent=2))
         return
     if not args.eval_only:
-        train(args.overrides, args.gpu)
+        train(args.overrides, args.gpu, args.compile)
         if ship():
             for suite in SUITES:  # a new model invalidates old evaluations
                 (RUNS / f"eval_{suite}" / "report.json").unlink(missing_ok=True)

@@ -232,6 +232,15 @@ def test_train_skips_the_stages_before_the_last_export_and_passes_machine_settin
         if "train" in c:
             assert "data.num_workers=3" in c and 'run.precision="fp32"' in c
     assert calls[-1][len(bench.KG)] == "camera-head"
+    assert not any("run.compile=true" in c for c in calls)
+    # --compile: the long stages only (the autoencoder and stage 1 would compile longer than they train).
+    calls.clear()
+    (runs / "video" / "export" / "model.safetensors").unlink()
+    (runs / "image" / "export").mkdir(parents=True)
+    (runs / "image" / "export" / "model.safetensors").write_bytes(b"x")
+    bench.train([], gpu=True, compile_long=True)
+    compiled = {Path(c[c.index("--config") + 1]).stem: "run.compile=true" in c for c in calls if "train" in c}
+    assert compiled == {"video": True, "finetune_low": True, "finetune": True, "finetune_hq": True}
     monkeypatch.setattr(sys, "argv", ["default_model.py", "--train-only", "--set", "optim.lr=1"])
     with pytest.raises(SystemExit, match="only machine settings"):
         bench.main()
@@ -346,3 +355,36 @@ def test_gpu_trip_unpack_joins_the_parts_and_records_the_finished_stages(tmp_pat
     assert (runs / "image" / "export" / "model.safetensors").read_bytes() == b"image export"
     assert json.loads((runs / "video" / "metrics.jsonl").read_text())["stage"] == "video"
     assert not (runs / "finetune_low").exists()  # stopped by the budget there: trained again here
+
+
+def test_gpu_trip_goes_on_eagerly_when_the_compiled_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`gpu_trip.py run --compile`: a compiled run that breaks is followed by an eager one (which
+    resumes it) within the same budget; a compiled run that finishes is not run again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_trip", Path(__file__).parents[1] / "bench" / "gpu_trip.py")
+    trip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trip)
+    monkeypatch.setattr(trip, "ROOT", tmp_path)
+    monkeypatch.setattr(trip, "install", lambda: {})
+    monkeypatch.setattr(trip, "finished_stages", lambda: [])
+    monkeypatch.setattr(trip, "machine", lambda: {})
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            self.pid = 0
+            self.compiled = "--compile" in cmd
+
+        def wait(self, timeout=None):
+            return 1 if self.compiled and fail else 0
+
+    monkeypatch.setattr(trip.subprocess, "Popen", Proc)
+    import default_model as dm
+
+    monkeypatch.setattr(dm, "RUNS", tmp_path / "runs")
+    for fail, expected in ((True, [True, False]), (False, [True])):
+        started.clear()
+        trip.run_there(60, tmp_path / f"out{fail}", workers=2, compile_=True)
+        assert ["--compile" in c for c in started] == expected
