@@ -23,7 +23,7 @@ from kinetograph.models.svd import SVD
 from kinetograph.models.unet import UNetConfig, VideoUNet
 from kinetograph.pipeline.image_to_video import CAMERA_PROMPT_MIN, ImageToVideo
 from kinetograph.presets import PRESETS
-from kinetograph.training.camera import add_camera_head, camera_captions, fit_camera_head
+from kinetograph.training.camera import HEAD_WORDINGS, add_camera_head, camera_captions, fit_camera_head, head_wordings
 from kinetograph.training.config import from_dict
 from kinetograph.training.loop import build_model, train
 from kinetograph.training.rng import SampleRNG
@@ -160,6 +160,25 @@ def test_add_camera_head_keeps_the_model_and_reads_unseen_wordings(camera_model)
         assert max(reading, key=reading.get) == move, (prompt, reading)
     assert ImageToVideo(base, PRESETS["tiny_text"]).camera_reading("zoom in") is None
     assert add_camera_head(model, "/nonexistent") is model  # a model that has one keeps it
+    # The head is fitted on HEAD_WORDINGS too: it reads (nearly) every one of them as its move.
+    texts, labels = head_wordings()
+    assert len(texts) > 200 and sorted(set(labels.tolist())) == list(range(len(MOTIONS)))
+    read = [max(r, key=r.get) for r in map(pipe.camera_reading, HEAD_WORDINGS["zoom_in"] + HEAD_WORDINGS["zoom_out"])]
+    want = ["zoom_in"] * len(HEAD_WORDINGS["zoom_in"]) + ["zoom_out"] * len(HEAD_WORDINGS["zoom_out"])
+    assert np.mean([a == b for a, b in zip(read, want)]) >= 0.95
+
+
+def test_refit_fits_only_the_head_again(camera_model):
+    _, model, root = camera_model
+    before = copy.deepcopy(model)
+    with torch.no_grad():
+        model_copy = copy.deepcopy(model)
+        model_copy.unet.camera_head.weight.zero_()  # a head that reads nothing
+    refitted = add_camera_head(model_copy, root, per_clip=24, refit=True)
+    assert refitted is model_copy
+    for (name, a), b in zip(before.state_dict().items(), refitted.state_dict().values()):
+        # The same captions and wordings from zero weights: the same head; nothing else moved.
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_camera_model_samples_with_the_captions_wording_of_the_move_it_reads(camera_model, tmp_path, monkeypatch):

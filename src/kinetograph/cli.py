@@ -245,6 +245,7 @@ def camera_head(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder with camera clips (`kinetograph data build`).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.")],
     captions: Annotated[int, typer.Option("--captions", help="Training captions fitted per camera clip.")] = 16,
+    refit: Annotated[bool, typer.Option("--refit", help="Fit again the head of a model that has one (else it is kept).")] = False,
 ) -> None:
     """Give a text model a camera head: a classifier of the camera move a prompt asks for, fitted on
     the dataset's captions; generation then samples with the captions' wording of that move."""
@@ -252,7 +253,7 @@ def camera_head(
 
     if output.suffix != ".safetensors":
         raise InputError(f"{output}: the output must be a .safetensors file")
-    path = write_camera_head(src, data, output, captions)
+    path = write_camera_head(src, data, output, captions, refit)
     typer.echo(f"wrote {path}")
 
 
