@@ -9,9 +9,10 @@ That machine has PyTorch, OpenCV, scikit-image and transformers, no network, and
   and a guard there stops the run if any text would need one). Every other weight is the
   package's, rounded to float16 and widened back to float32 there.
 
-    python bench/gpu_trip.py pack                  # here: fill .trip/ (ignored by git, ~45 MB)
+    python bench/gpu_trip.py pack                  # here: fill .trip/ (ignored by git, 61 MiB)
     python3 bench/gpu_trip.py run --budget 540     # there, with .trip carried: the data build and
-                                                   # `bench/default_model.py --train-only --gpu`,
+                                                   # `bench/default_model.py --train-only --gpu`
+                                                   # (with --compile: its long stages compiled),
                                                    # stopped at the budget; what finished comes
                                                    # back in $OUT. Run again at once (the machine
                                                    # stays warm ~30 s): it resumes where it stopped
@@ -257,7 +258,7 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=540, help="seconds until training stops and packing starts")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "trip-out")))
     r.add_argument("--workers", type=int, default=8, help="DataLoader workers per stage")
-    r.add_argument("--compile", action="store_true", help="run.compile=true: torch.compile each stage's trained module")
+    r.add_argument("--compile", action="store_true", help="torch.compile the four long stages (default_model.py --compile); eager again if that fails")
     u = sub.add_parser("unpack")
     u.add_argument("folder", type=Path)
     args = ap.parse_args()
