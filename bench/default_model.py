@@ -511,13 +511,16 @@ def stage_seconds(rows: list[dict]) -> float:
 
 
 def recorded_seconds() -> dict:
-    """Wall time of each data build (dataset.json) and training stage (`stage_seconds`)."""
+    """Wall time of each data build (dataset.json) and training stage (`stage_seconds`) recorded
+    on this machine; those without a record are left out."""
     out = {}
     for recipe, folder in DATA.items():
-        out[f"data:{recipe}"] = json.loads((folder / "dataset.json").read_text())["seconds"]
+        if (folder / "dataset.json").is_file():
+            out[f"data:{recipe}"] = json.loads((folder / "dataset.json").read_text())["seconds"]
     for stage in STAGES:
-        rows = [json.loads(line) for line in (RUNS / stage / "metrics.jsonl").read_text().splitlines()]
-        out[f"train:{stage}"] = round(stage_seconds(rows), 1)
+        if (RUNS / stage / "metrics.jsonl").is_file():
+            rows = [json.loads(line) for line in (RUNS / stage / "metrics.jsonl").read_text().splitlines()]
+            out[f"train:{stage}"] = round(stage_seconds(rows), 1)
     return out
 
 
@@ -537,13 +540,16 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                      "torch": torch.__version__, "device": "cpu"},
         "seconds": {**times, **seconds},
-        "training_seconds": round(sum(seconds.values()), 1),
+        # A total only for a run of every stage here; else the file came from elsewhere (its
+        # lineage: docs/model-card.md).
+        "training_seconds": round(sum(seconds.values()), 1) if all(f"train:{s}" in seconds for s in STAGES) else None,
         "text_control": text["summary"]["control"],
         "text_means": text["summary"]["mean"],
         "bucket_control": buckets["summary"]["control"],
         "bucket_means": buckets["summary"]["mean"],
         "validation_control": results["default_model_val"]["summary"]["control"],
         "words_control": results["default_model_words"]["summary"]["control"],
+        "words2_control": results["default_model_words2"]["summary"]["control"],
         "training_clips": training_flicker(),
         "autoencoder_heldout_256": heldout_reconstruction(default_model.PATH),
     }

@@ -109,6 +109,19 @@ def test_recipe_training_time_leaves_out_the_gaps_between_resumed_stretches():
     assert bench.stage_seconds([]) == 0.0
 
 
+def test_recorded_seconds_leave_out_what_was_not_run_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Only the stages and data builds with a record on this machine (a shipped file trained
+    elsewhere has none: --eval-only must not fail on it)."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(bench, "DATA", {"default_model": tmp_path / "d"})
+    assert bench.recorded_seconds() == {}
+    (tmp_path / "runs" / "video").mkdir(parents=True)
+    rows = [{"step": i, "loss": 0.1, "time": 100.0 + 2 * i} for i in range(1, 4)]
+    (tmp_path / "runs" / "video" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.recorded_seconds() == {"train:video": 4.0}
+
+
 _FAKE_EVAL = """
 import json, math, sys
 import json
