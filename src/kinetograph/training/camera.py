@@ -8,9 +8,8 @@ vector names the move of wordings no caption used far more often (docs/model-car
 
 `add_camera_head` gives a text model that classifier (`UNet.camera_head`), fitted on the
 training set's captions and on HEAD_WORDINGS by logistic regression and then frozen (the loop
-never trains it); the
-move probabilities join the time embedding through a zero-initialised layer (`UNet.camera_emb`),
-so the model starts out unchanged and learns to follow them.
+never trains it); the move probabilities join the time embedding through a zero-initialised
+layer (`UNet.camera_emb`), so the model starts out unchanged and learns to follow them.
 """
 
 from __future__ import annotations
@@ -182,6 +181,7 @@ def add_camera_head(model: SVD, data_root: str | Path, per_clip: int = 16, seed:
 
 
 def _fit(model: SVD, data_root: str | Path, per_clip: int, seed: int) -> None:
+    """`model`'s camera head fitted (from zero) on the dataset's captions and HEAD_WORDINGS."""
     captions, labels = camera_captions(data_root, per_clip, seed)
     extra, extra_labels = head_wordings()
     captions, labels = captions + extra, torch.cat([labels, extra_labels])

@@ -674,7 +674,7 @@ class CaptionEncoder:
         if missing:
             if self.encoder.device != device:
                 # On the training device: paraphrased captions are mostly new (~28 of 32 a step),
-                # and MiniLM on the CPU beside a GPU step took 3x the step (docs/benchmarks.md).
+                # and MiniLM took 268 ms for 32 on a 2-core CPU (docs/benchmarks.md, sessions 15-16).
                 self.encoder.to(device)
             emb = self.encoder.encode(missing)
             # One copy to the host for the batch (not one wait for the device per caption).
