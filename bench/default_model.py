@@ -71,7 +71,8 @@ SUITE_DIR = ROOT / "src" / "kinetograph" / "eval" / "suites"
 def run(cmd: list[str]) -> float:
     print("$", " ".join(str(c) for c in cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
+    if subprocess.run([str(c) for c in cmd], cwd=ROOT).returncode:
+        sys.exit("error: the step above failed (its own message is above); fix it and run again: finished stages are kept")
     return time.perf_counter() - t0
 
 
