@@ -98,8 +98,7 @@ def _suite_prompts() -> list[str]:
     from importlib import resources
 
     suites = resources.files("kinetograph.eval") / "suites"
-    return [p["text"] for name in ("default_model_text.json", "default_model_buckets.json", "default_model_val.json",
-                                                 "default_model_words.json", "default_model_words2.json")
+    return [p["text"] for name in sorted(f.name for f in suites.iterdir() if f.name.startswith("default_model_"))
             for p in json.loads((suites / name).read_text())["prompts"]]
 
 
@@ -113,7 +112,11 @@ TELLTALE = ("drift", "angles", "sky", "ground", "closer", "stays", "motionless",
             "swell", "dominate", "crowd", "dwindl", "unfold", "tips toward", "moon", "bows", "earth",
             # the fifth set's (default_model_words2.json) that the grammar does not use
             "tighten", "loom", "larger", "recede", "opens up", "whole setting", "upper edge", "lower edge",
-            "holds its position")
+            "holds its position",
+            # the sixth set's (default_model_words3.json), checked against the grammar and the head's wordings
+            "homes in", "creep", "enormous", "diminish", "barely", "visible", "framing", "loosen", "landscape",
+            "emerge", "aims", "birds", "overhead", "ascend", "heaven", "pebble", "underfoot", "plunge", "carpet",
+            "whips", "veers", "budge")
 # Suite words the grammar uses (the fifth set was written without checking it) and the head's
 # wordings do not: that set measures those wordings blind.
 HEAD_TELLTALE = (*TELLTALE, "distance", "widen", "take in", "leftward", "rightward", "travel", "glide", "climb", "sink")
