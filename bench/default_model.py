@@ -58,7 +58,8 @@ STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "fin
           "finetune_hq": "finetune"}
 # Stage 3b's export with a camera head fitted on the finetuning set's captions: what ships.
 LAST_EXPORT = RUNS / "camera_head" / "model.safetensors"
-SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words", "default_model_words2")
+SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words", "default_model_words2",
+          "default_model_words3")
 # Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
 MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
               "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
@@ -551,6 +552,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         "validation_control": results["default_model_val"]["summary"]["control"],
         "words_control": results["default_model_words"]["summary"]["control"],
         "words2_control": results["default_model_words2"]["summary"]["control"],
+        "words3_control": results["default_model_words3"]["summary"]["control"],
         "training_clips": training_flicker(),
         "autoencoder_heldout_256": heldout_reconstruction(default_model.PATH),
     }

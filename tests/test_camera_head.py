@@ -23,7 +23,8 @@ from kinetograph.models.svd import SVD
 from kinetograph.models.unet import UNetConfig, VideoUNet
 from kinetograph.pipeline.image_to_video import CAMERA_PROMPT_MIN, ImageToVideo
 from kinetograph.presets import PRESETS
-from kinetograph.training.camera import HEAD_WORDINGS, add_camera_head, camera_captions, fit_camera_head, head_wordings
+from kinetograph.training.camera import (HEAD_WORDINGS, add_camera_head, camera_captions, fit_camera_head,
+                                        head_place_wordings, head_wordings)
 from kinetograph.training.config import from_dict
 from kinetograph.training.loop import build_model, train
 from kinetograph.training.rng import SampleRNG
@@ -165,6 +166,11 @@ def test_add_camera_head_keeps_the_model_and_reads_unseen_wordings(camera_model)
     assert len(texts) > 200 and sorted(set(labels.tolist())) == list(range(len(MOTIONS)))
     read = [max(r, key=r.get) for r in map(pipe.camera_reading, HEAD_WORDINGS["zoom_in"] + HEAD_WORDINGS["zoom_out"])]
     want = ["zoom_in"] * len(HEAD_WORDINGS["zoom_in"]) + ["zoom_out"] * len(HEAD_WORDINGS["zoom_out"])
+    assert np.mean([a == b for a, b in zip(read, want)]) >= 0.95
+    # ... and the place-named tilts, whose frames ("the camera turns toward {}") name no direction.
+    places = head_place_wordings()
+    read = [max(r, key=r.get) for r in map(pipe.camera_reading, places["tilt_up"] + places["tilt_down"])]
+    want = ["tilt_up"] * len(places["tilt_up"]) + ["tilt_down"] * len(places["tilt_down"])
     assert np.mean([a == b for a, b in zip(read, want)]) >= 0.95
 
 

@@ -148,11 +148,14 @@ def test_paraphrases_name_their_move_and_leave_the_evaluation_wordings_unseen():
 def test_head_wordings_leave_every_evaluation_wording_unseen():
     """The camera head's extra wordings (training/camera.py) use no suite wording nor its telltale
     words, also those the grammar shares with a suite, and each move has some."""
-    from kinetograph.training.camera import HEAD_WORDINGS
+    from kinetograph.training.camera import HEAD_WORDINGS, head_place_wordings
 
     held_out = {p.lower() for p in _suite_prompts()}
     assert set(HEAD_WORDINGS) == set(cm.MOTIONS)
+    places = head_place_wordings()
+    assert set(places) == {"tilt_up", "tilt_down"} and all(len(v) >= 40 for v in places.values())
     for move, texts in HEAD_WORDINGS.items():
+        texts = (*texts, *places.get(move, ()))
         assert len(texts) >= 10 and len(set(texts)) == len(texts), move
         for text in texts:
             assert text.lower() not in held_out

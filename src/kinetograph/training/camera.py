@@ -53,6 +53,9 @@ HEAD_WORDINGS: dict[str, tuple[str, ...]] = {
         "the subject grows until it fills the picture", "we get a more intimate view of the subject",
         "step by step the subject gets bigger", "the picture is blown up around its center", "the camera approaches",
         "the features of the subject become bigger and clearer", "the subject comes toward us",
+        "the shot gets tighter on the subject", "the edges of the picture close in on the subject",
+        "the composition closes in around the subject", "the picture narrows around the subject",
+        "the borders of the shot draw in around the subject",
     ),
     "zoom_out": (
         "the subject gets smaller in the picture", "the subject gets smaller and smaller",
@@ -69,6 +72,9 @@ HEAD_WORDINGS: dict[str, tuple[str, ...]] = {
         "the camera moves backward, leaving the subject", "the scene around the subject comes into the picture",
         "the subject becomes a speck", "the edges bring in more of the world",
         "the shot pulls out to the full scene",
+        "the composition becomes wider and wider", "the rest of the place appears around the subject",
+        "the area around the subject spreads into the picture", "the entire room comes into sight",
+        "the picture broadens to show the entire place", "the world around it comes into sight",
     ),
     "pan_left": (
         "the view sweeps to the left", "the picture moves toward the left", "the camera turns its head to the left",
@@ -103,14 +109,60 @@ HEAD_WORDINGS: dict[str, tuple[str, ...]] = {
         "the camera does not move", "a still shot", "the camera remains in place", "no camera movement",
         "the view is steady", "a locked-off shot", "the picture does not move", "the camera rests",
         "a steady, unmoving camera", "the scene is held in one still view",
+        "the view remains the same throughout", "no part of the picture moves",
+        "the camera keeps pointing at the subject", "the camera keeps looking at the subject without moving",
+        "the same view from the first frame to the last",
     ),
 }
 HEAD_WORDING_REPEATS = 2
 
+# Tilts named by where they end, in every frame a tilt, a pan and a zoom share ("the camera turns
+# toward ..."): the place decides the move. MiniLM puts "the lens tips toward <a place>" near the
+# zoom-ins' "toward the subject" unless the head has seen such frames end above and below (session
+# 16's bank had a few places; session 17, after the sixth suite was written, these).
+HEAD_PLACES: dict[str, tuple[str, ...]] = {
+    "tilt_up": (
+        "the clouds", "the stars", "the sun", "the ceiling", "the rooftops", "the treetops", "the top of the tower",
+        "the mountaintops", "the branches high above", "the attic window", "the rafters", "the church spire",
+        "the upper floors", "the airplane high up", "the kite high above", "the planets", "the rainbow",
+        "the chandelier", "the roof", "the lights on the ceiling", "the balcony above", "the hilltop", "the summit",
+        "the top of the lamp post", "the top floors of the office tower", "the upper branches", "the top of the tree",
+        "the top of the cliff", "the weather vane on the roof", "the dawn above the hills",
+    ),
+    "tilt_down": (
+        "the floor", "the street", "the pavement", "the road", "its feet", "the shoes", "the grass", "the sand",
+        "the soil", "the puddles", "the curb", "the tiles", "the dirt", "the lawn", "the roots",
+        "the bottom of the stairs", "the riverbed", "the snow at its feet", "the fallen leaves", "the valley below",
+        "the water below", "the footprints", "the mud", "the asphalt", "the ants on the path", "the foot of the wall",
+        "the basement", "the bottom of the well", "the toes", "the doorstep",
+    ),
+}
+# Frames that do not name a direction; each place takes two of them in turn.
+HEAD_PLACE_FRAMES = (
+    "the camera turns toward {}", "the camera points toward {}", "the view moves toward {}", "the camera tilts toward {}",
+    "the shot ends on {}", "the view heads to {}", "the camera looks toward {}", "the camera swivels toward {}",
+    "the camera angle shifts toward {}", "the view settles on {}", "the camera rotates toward {}",
+)
+
+
+def head_place_wordings() -> dict[str, list[str]]:
+    """HEAD_PLACES, each place in two of HEAD_PLACE_FRAMES (taken in turn over all the places)."""
+    out, i = {}, 0
+    for move, places in HEAD_PLACES.items():
+        out[move] = []
+        for place in places:
+            for _ in range(2):
+                out[move].append(HEAD_PLACE_FRAMES[i % len(HEAD_PLACE_FRAMES)].format(place))
+                i += 1
+    return out
+
 
 def head_wordings() -> tuple[list[str], torch.Tensor]:
-    """HEAD_WORDINGS, each HEAD_WORDING_REPEATS times, and the index of each one's move in `MOTIONS`."""
-    pairs = [(text, MOTIONS.index(move)) for move, texts in HEAD_WORDINGS.items() for text in texts] * HEAD_WORDING_REPEATS
+    """HEAD_WORDINGS and the place-named tilts (`head_place_wordings`), each HEAD_WORDING_REPEATS
+    times, and the index of each one's move in `MOTIONS`."""
+    places = head_place_wordings()
+    pairs = [(text, MOTIONS.index(move)) for move in HEAD_WORDINGS
+             for text in (*HEAD_WORDINGS[move], *places.get(move, ()))] * HEAD_WORDING_REPEATS
     return [t for t, _ in pairs], torch.tensor([m for _, m in pairs])
 
 
