@@ -60,9 +60,6 @@ STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "fin
 LAST_EXPORT = RUNS / "camera_head" / "model.safetensors"
 SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words", "default_model_words2",
           "default_model_words3")
-# Camera-motion recipe moves -> the evaluation's motion class (kinetograph.eval.motion.MotionClass).
-MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
-              "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
 # What --set may change: how a machine runs the recipe, not the recipe (outside a run's fingerprint).
 MACHINE_KEYS = ("data.num_workers", "run.threads", "run.progress", "run.compile")
 REPORT = ROOT / "docs" / "default_model_report.json"
@@ -377,6 +374,7 @@ def motion_probe(weights: Path, size: int = 64, steps: int = 12) -> dict:
     from kinetograph.data import camera_motion as cm
     from kinetograph.data.build import RECIPES
     from kinetograph.eval.motion import camera_motion
+    from kinetograph.eval.prompts import MOVE_CLASS
     from kinetograph.pipeline.image_to_video import ImageToVideo
     from kinetograph.pipeline.preprocess import load_image, resize_and_crop
 
@@ -468,6 +466,7 @@ def text_space_probe(per_class: int = 60,
     import torch
 
     from kinetograph.data import camera_motion as cm
+    from kinetograph.eval.prompts import MOVE_CLASS
     from kinetograph.models.text import minilm_text_encoder
 
     rng = np.random.default_rng(0)

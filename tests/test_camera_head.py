@@ -312,3 +312,16 @@ def test_generate_says_what_the_head_read_and_samples_with_it(camera_model, tmp_
     assert main(["generate", str(photo), "--prompt", CANONICAL_CAPTIONS["pan_right"], "--no-camera-prompt",
                  "-o", str(tmp_path / "b.gif"), *args]) == 0
     assert np.array_equal(read_video(tmp_path / "a.gif")[0], read_video(tmp_path / "b.gif")[0])
+
+
+def test_eval_generator_reports_what_the_head_read(camera_model, tmp_path):
+    """`kinetograph eval`'s generator tells the report what the head read and what it sampled with;
+    with --no-camera-prompt, nothing (the prompt is used as it is)."""
+    from kinetograph.cli import _make_generate_fn
+
+    _, model, _ = camera_model
+    path = save_original(model, tmp_path / "cam.safetensors", "tiny_text")
+    reading = _make_generate_fn(path, {}).read_prompt("a slow pan to the right")
+    assert reading["move"] == "pan_right" and 0.5 <= reading["p"] <= 1
+    assert reading["sampled_prompt"] == CANONICAL_CAPTIONS["pan_right"]
+    assert _make_generate_fn(path, {"camera_prompt": False}).read_prompt("a slow pan to the right") is None

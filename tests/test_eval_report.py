@@ -300,3 +300,26 @@ def test_json_safe():
     assert json_safe(
         {"a": float("inf"), "b": [np.float32(1.5), np.int64(2), np.bool_(True)], 3: float("nan")}
     ) == {"a": "inf", "b": [1.5, 2, True], "3": "nan"}
+
+
+def test_report_records_what_the_camera_head_read(tmp_path):
+    """A generator that says what it read in each prompt: each case records it, the HTML shows it,
+    and the summary tells the head's misses from the video model's."""
+    generate = fake_generate()
+
+    def read_prompt(prompt: str) -> dict:
+        # Reads every prompt as a pan right and samples with its own wording of it.
+        return {"move": "pan_right", "p": 0.9, "sampled_prompt": "The camera pans right."}
+
+    prompts = [{"id": "r", "text": "the camera pans right"}, {"id": "l", "text": "the camera pans left"},
+               {"id": "s", "text": "a static shot"}]
+    report = eval_command(Path("ckpt.safetensors"), suite_file(tmp_path, prompts=prompts, buckets=(127,)),
+                          tmp_path / "out", generate_fn=generate, read_prompt=read_prompt)
+    assert all(c["camera_reading"]["move"] == "pan_right" for c in report["cases"])
+    # 6 cases (2 photos x 3 prompts); read right: the 2 pans right, which the fake camera moved right.
+    assert report["summary"]["camera_head"] == {"n": 6, "read_right": 2, "moved_right_when_read_right": 2}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "camera head read" in html and "The camera pans right." in html
+    plain = eval_command(Path("ckpt.safetensors"), suite_file(tmp_path, prompts=prompts, buckets=(127,)),
+                         tmp_path / "out2", generate_fn=generate)
+    assert "camera_head" not in plain["summary"] and "camera_reading" not in plain["cases"][0]

@@ -282,6 +282,15 @@ def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
             warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
             return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed, **settings).frames
 
+    def read_prompt(prompt: str) -> dict | None:
+        """The camera head's reading of `prompt` and the wording sampled with (None: no head, or off)."""
+        reading = pipe.camera_reading(prompt) if settings.get("camera_prompt", True) else None
+        if reading is None:
+            return None
+        move, p = max(reading.items(), key=lambda kv: kv[1])
+        return {"move": move, "p": round(p, 4), "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
+
+    generate_fn.read_prompt = read_prompt  # recorded in each case of the report
     return generate_fn
 
 

@@ -39,6 +39,8 @@ GenerateFn = Callable[
     [Path, str, int, int], "np.ndarray"
 ]  # (image_path, prompt, bucket, seed) -> video
 Log = Callable[[str], None]
+# What a model reads in a prompt (a camera head): {"move", "p", "sampled_prompt"}, or None.
+ReadPrompt = Callable[[str], "dict[str, Any] | None"]
 
 _MEAN_KEYS = (
     "psnr",
@@ -85,6 +87,20 @@ def _case_record(case: Case) -> dict[str, Any]:
     }
 
 
+def _camera_head_summary(ok: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Whether a miss is the camera head's or the video model's: of the cases with an expected
+    motion and a head reading, how many the head read as that move and sampled with its wording
+    (`read_right`), and how many of those the video then moved that way."""
+    from kinetograph.eval.prompts import MOVE_CLASS
+
+    read = [c for c in ok if c.get("camera_reading") and c["expected_motion"]]
+    if not read:
+        return None
+    right = [c for c in read if MOVE_CLASS.get(c["camera_reading"]["move"]) == c["expected_motion"]
+             and c["camera_reading"]["sampled_prompt"] != c["prompt"]]
+    return {"n": len(read), "read_right": len(right), "moved_right_when_read_right": sum(c["correct"] for c in right)}
+
+
 def _means(ok: list[dict[str, Any]], notes: list[str]) -> dict[str, float | None]:
     """Per-metric means over the scored cases; non-finite values (PSNR inf) are left out."""
     import numpy as np
@@ -129,6 +145,7 @@ def eval_command(
     motion_cfg: MotionConfig | None = None,  # None: MotionConfig()
     device: str = "cpu",  # for I3D
     generation: dict[str, Any] | None = None,  # the generation settings used, recorded in the report
+    read_prompt: ReadPrompt | None = None,  # what the model read in each case's prompt, recorded
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Score every case of a suite and write out/report.json and out/report.html.
@@ -229,6 +246,8 @@ def eval_command(
                 image_paths[case.image.id], case.prompt.text, case.motion_bucket_id, case.seed
             )
             check_video(frames, f"generated video for case {case.id}", min_frames=2)
+            if read_prompt is not None and (reading := read_prompt(case.prompt.text)) is not None:
+                record["camera_reading"] = reading
             if save_videos:
                 # Metrics use the raw frames; the near-lossless crf keeps a --videos rerun close to them.
                 save_video(frames, out / "videos" / f"{case.id}.mp4", fps, crf=12)
@@ -274,6 +293,7 @@ def eval_command(
             f"no case could be evaluated ({len(cases)} missing or unreadable); check --videos names"
         )
     control = control_fidelity(control_cases)
+    head = _camera_head_summary(ok)
 
     if i3d is not None:
         real = _reference_videos(fvd_reference)
@@ -330,6 +350,7 @@ def eval_command(
                     for k, v in control.per_class.items()
                 },
             },
+            **({"camera_head": head} if head else {}),
         },
         "fvd": fvd_block,
         "clip": clip_block,
@@ -465,6 +486,7 @@ def make_eval_cli(
             clip=clip,
             device=device,
             generation=generation,
+            read_prompt=getattr(generate_fn, "read_prompt", None),
             log=lambda msg: typer.echo(msg, err=True),
         )
         summary = report["summary"]

@@ -32,6 +32,11 @@ import re
 
 from kinetograph.eval.motion import MotionClass
 
+# The camera moves of the training data and the camera head (data/camera_motion.py MOTIONS) -> the
+# motion class the evaluation measures.
+MOVE_CLASS = {"pan_left": "left", "pan_right": "right", "tilt_up": "up", "tilt_down": "down",
+              "zoom_in": "zoom_in", "zoom_out": "zoom_out", "static": "static"}
+
 _DIRECTIONS = {
     "left": MotionClass.LEFT,
     "right": MotionClass.RIGHT,

@@ -330,6 +330,9 @@ def render_html(report: dict) -> str:
                 "expected / measured motion",
                 _e(f"{c['expected_motion'] or '-'} / {c['measured_motion']}") + f" ({verdict})",
             ),
+            *([("camera head read", _e(f"{c['camera_reading']['move']} ({_num(c['camera_reading']['p'], 2)}); "
+                                        f"sampled with {c['camera_reading']['sampled_prompt']!r}"))]
+              if c.get("camera_reading") else []),
             ("flow magnitude (px/frame)", _num(m["flow_magnitude"])),
             ("translation dx, dy (px/frame)", _e(", ".join(_num(v) for v in m["translation"]))),
             ("divergence (1/frame)", _num(m["divergence"])),
