@@ -323,3 +323,23 @@ def test_report_records_what_the_camera_head_read(tmp_path):
     plain = eval_command(Path("ckpt.safetensors"), suite_file(tmp_path, prompts=prompts, buckets=(127,)),
                          tmp_path / "out2", generate_fn=generate)
     assert "camera_head" not in plain["summary"] and "camera_reading" not in plain["cases"][0]
+
+
+def test_cli_passes_the_generators_reader_and_prints_the_heads_count(tmp_path):
+    app = typer.Typer()
+
+    def factory(checkpoint: Path, settings: dict):
+        generate = fake_generate()
+        generate.read_prompt = lambda prompt: {"move": "zoom_in", "p": 0.7, "sampled_prompt": "The camera zooms in."}
+        return generate
+
+    app.command("eval")(make_eval_cli(factory))
+    app.command("version")(lambda: None)
+    prompts = [{"id": "z", "text": "the camera zooms in"}, {"id": "l", "text": "the camera pans left"}]
+    suite = suite_file(tmp_path, prompts, buckets=(127,), images=("chelsea",))
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", "m.safetensors", "--suite", str(suite), "-o",
+                                      str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "camera head: read 1 of 2 prompts as their move; 1 of those moved that way" in result.output
+    cases = json.loads((tmp_path / "r" / "report.json").read_text())["cases"]
+    assert [c["camera_reading"]["move"] for c in cases] == ["zoom_in", "zoom_in"]

@@ -496,5 +496,8 @@ def make_eval_cli(
             f"{'-' if accuracy is None else f'{accuracy:.2f}'}"
             f"{'' if direction is None else f' (direction only {direction:.2f})'}; report: {out / 'report.html'}"
         )
+        if head := summary.get("camera_head"):
+            typer.echo(f"camera head: read {head['read_right']} of {head['n']} prompts as their move; "
+                       f"{head['moved_right_when_read_right']} of those moved that way")
 
     return eval_cli
