@@ -6,6 +6,7 @@ at run time (set KINETOGRAPH_DEBUG=1 to see the traceback of an unexpected error
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -277,11 +278,7 @@ def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
     pipe = ImageToVideo.from_checkpoint(checkpoint, device=_device("auto"))
     settings = dict(settings or {})
 
-    def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
-            return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed, **settings).frames
-
+    @functools.lru_cache(maxsize=None)  # a suite repeats each prompt over its photos
     def read_prompt(prompt: str) -> dict | None:
         """The camera head's reading of `prompt` and the wording sampled with (None: no head, or off)."""
         reading = pipe.camera_reading(prompt) if settings.get("camera_prompt", True) else None
@@ -289,6 +286,14 @@ def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
             return None
         move, p = max(reading.items(), key=lambda kv: kv[1])
         return {"move": move, "p": round(p, 4), "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
+
+    def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):
+        options = settings
+        if reading := read_prompt(prompt):  # read once here: the pipeline reads it no more
+            prompt, options = reading["sampled_prompt"], {**settings, "camera_prompt": False}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
+            return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed, **options).frames
 
     generate_fn.read_prompt = read_prompt  # recorded in each case of the report
     return generate_fn
