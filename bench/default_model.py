@@ -59,7 +59,7 @@ STAGES = {"vae": "vae", "image": "image", "video": "video", "finetune_low": "fin
 # Stage 3b's export with a camera head fitted on the finetuning set's captions: what ships.
 LAST_EXPORT = RUNS / "camera_head" / "model.safetensors"
 SUITES = ("default_model_text", "default_model_buckets", "default_model_val", "default_model_words", "default_model_words2",
-          "default_model_words3")
+          "default_model_words3", "default_model_words4")
 # What --set may change: how a machine runs the recipe, not the recipe (outside a run's fingerprint).
 MACHINE_KEYS = ("data.num_workers", "run.threads", "run.progress", "run.compile")
 REPORT = ROOT / "docs" / "default_model_report.json"
@@ -196,23 +196,27 @@ def suite_numbers(name: str, report: dict) -> dict:
     return out
 
 
-def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs: int = 2) -> dict:
+def compare(files: list[Path], out_root: Path = ROOT / "runs" / "compare", jobs: int = 2,
+            camera_prior: float | None = None) -> dict:
     """Every suite on each model file (`jobs` evaluations at a time, one thread each: the 2-core
-    machine's fastest), reports kept under out_root/<file>-<sha>/<suite>, and a table of the
-    numbers the model card quotes. A report already there is reused, so a stopped comparison goes
-    on where it was."""
+    machine's fastest), reports kept under out_root/<file>-<sha>[-prior<strength>]/<suite>, and a
+    table of the numbers the model card quotes. A report already there is reused, so a stopped
+    comparison goes on where it was. `camera_prior`: each evaluation's --camera-prior (default:
+    the preset's)."""
     from kinetograph import default_model
 
     if missing := [str(p) for p in files if not p.is_file()]:
         sys.exit(f"error: no model file at {', '.join(missing)}; give exported .safetensors files to compare")
     todo, folders = [], {}
     for path in files:
-        folder = out_root / "-".join([*path.resolve().parts[-3:-1], path.stem, default_model.sha256(path)[:8]])
+        prior = [] if camera_prior is None else [f"prior{camera_prior:g}"]
+        folder = out_root / "-".join([*path.resolve().parts[-3:-1], path.stem, default_model.sha256(path)[:8], *prior])
         folders[path] = folder
         for suite in SUITES:
             if not (folder / suite / "report.json").exists():
                 suite_file = SUITE_DIR / f"{suite}.json"
-                todo.append(KG + ["eval", "--checkpoint", str(path), "--suite", str(suite_file), "-o", str(folder / suite)])
+                todo.append(KG + ["eval", "--checkpoint", str(path), "--suite", str(suite_file), "-o", str(folder / suite),
+                                  *([] if camera_prior is None else ["--camera-prior", str(camera_prior)])])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs: list[subprocess.Popen] = []
     for cmd in todo:
@@ -525,6 +529,14 @@ def recorded_seconds() -> dict:
     return out
 
 
+def report_seconds(seconds: dict) -> dict:
+    """The recorded seconds a report of the shipped file quotes: the training stages' only when
+    every stage ran here; a run still in progress did not make the shipped file."""
+    if all(f"train:{s}" in seconds for s in STAGES):
+        return seconds
+    return {k: v for k, v in seconds.items() if not k.startswith("train:")}
+
+
 def summarize(results: dict, times: dict, digest: str) -> dict:
     import torch
 
@@ -532,7 +544,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
 
     text = results["default_model_text"]
     buckets = results["default_model_buckets"]
-    seconds = recorded_seconds()
+    seconds = report_seconds(recorded_seconds())
     return {
         "model": default_model.NAME,
         "file": str(default_model.PATH.relative_to(ROOT)),
@@ -544,6 +556,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         # A total only for a run of every stage here; else the file came from elsewhere (its
         # lineage: docs/model-card.md).
         "training_seconds": round(sum(seconds.values()), 1) if all(f"train:{s}" in seconds for s in STAGES) else None,
+        "generation": text["settings"].get("generation", {}),  # what the suites were sampled with beyond the preset
         "text_control": text["summary"]["control"],
         "text_means": text["summary"]["mean"],
         "bucket_control": buckets["summary"]["control"],
@@ -552,6 +565,7 @@ def summarize(results: dict, times: dict, digest: str) -> dict:
         "words_control": results["default_model_words"]["summary"]["control"],
         "words2_control": results["default_model_words2"]["summary"]["control"],
         "words3_control": results["default_model_words3"]["summary"]["control"],
+        "words4_control": results["default_model_words4"]["summary"]["control"],
         "training_clips": training_flicker(),
         "autoencoder_heldout_256": heldout_reconstruction(default_model.PATH),
     }
@@ -586,6 +600,8 @@ def main() -> None:
                     help="only print how far MiniLM's pooled vector alone separates the suite's wordings")
     ap.add_argument("--compare", nargs="+", type=Path, metavar="FILE",
                     help="only evaluate these model files on every suite and print the model card's numbers side by side")
+    ap.add_argument("--camera-prior", type=float, default=None, metavar="STRENGTH",
+                    help="with --compare: evaluate with this camera prior (0 = off; default: the preset's)")
     ap.add_argument("--ship", type=Path, metavar="FILE",
                     help="only ship this model file (float16 into the package, hash recorded) instead of the last stage's")
     ap.add_argument("--probe-config", type=Path, default=ROOT / "configs" / "default_model" / "finetune.toml")
@@ -610,7 +626,7 @@ def main() -> None:
         print(json.dumps(text_space_probe()))
         return
     if args.compare:
-        print(json.dumps(compare(args.compare), indent=1))
+        print(json.dumps(compare(args.compare, camera_prior=args.camera_prior), indent=1))
         return
     if args.ship:
         ship(args.ship, force=True)

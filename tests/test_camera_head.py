@@ -323,5 +323,12 @@ def test_eval_generator_reports_what_the_head_read(camera_model, tmp_path):
     path = save_original(model, tmp_path / "cam.safetensors", "tiny_text")
     reading = _make_generate_fn(path, {}).read_prompt("a slow pan to the right")
     assert reading["move"] == "pan_right" and 0.5 <= reading["p"] <= 1
-    assert reading["sampled_prompt"] == CANONICAL_CAPTIONS["pan_right"]
+    assert reading["sampled_prompt"] == CANONICAL_CAPTIONS["pan_right"] and reading["camera_prior"] == 0.0
     assert _make_generate_fn(path, {"camera_prompt": False}).read_prompt("a slow pan to the right") is None
+    # --camera-prior: the prompt the head reads samples from the image moved that way
+    generate = _make_generate_fn(path, {"camera_prior": 0.5, "height": 64, "width": 64, "num_frames": 4,
+                                        "num_inference_steps": 2})
+    assert generate.read_prompt("a slow pan to the right")["camera_prior"] == 0.5
+    photo = tmp_path / "photo.png"
+    Image.fromarray(skdata.astronaut()).resize((64, 64)).save(photo)
+    assert generate(photo, "a slow pan to the right", 127, 0).shape == (4, 64, 64, 3)

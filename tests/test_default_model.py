@@ -122,6 +122,16 @@ def test_recorded_seconds_leave_out_what_was_not_run_here(tmp_path: Path, monkey
     assert bench.recorded_seconds() == {"train:video": 4.0}
 
 
+def test_a_report_quotes_training_times_only_of_a_whole_run():
+    """A run still in progress here (some stages logged) did not make the shipped file: the report
+    keeps its data builds' seconds and leaves its stages' out; a whole run's are all kept."""
+    bench = _bench()
+    partial = {"data:default_model": 133.0, "train:vae": 151.0, "train:image": 57.0}
+    assert bench.report_seconds(partial) == {"data:default_model": 133.0}
+    whole = {**partial, **{f"train:{s}": 1.0 for s in bench.STAGES}}
+    assert bench.report_seconds(whole) == whole
+
+
 _FAKE_EVAL = """
 import json, math, sys
 import json

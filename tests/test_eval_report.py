@@ -309,7 +309,7 @@ def test_report_records_what_the_camera_head_read(tmp_path):
 
     def read_prompt(prompt: str) -> dict:
         # Reads every prompt as a pan right and samples with its own wording of it.
-        return {"move": "pan_right", "p": 0.9, "sampled_prompt": "The camera pans right."}
+        return {"move": "pan_right", "p": 0.9, "sampled_prompt": "The camera pans right.", "camera_prior": 0.5}
 
     prompts = [{"id": "r", "text": "the camera pans right"}, {"id": "l", "text": "the camera pans left"},
                {"id": "s", "text": "a static shot"}]
@@ -320,6 +320,7 @@ def test_report_records_what_the_camera_head_read(tmp_path):
     assert report["summary"]["camera_head"] == {"n": 6, "read_right": 2, "moved_right_when_read_right": 2}
     html = (tmp_path / "out" / "report.html").read_text()
     assert "camera head read" in html and "The camera pans right." in html
+    assert "from the moved image at 50% (camera prior)" in html
     plain = eval_command(Path("ckpt.safetensors"), suite_file(tmp_path, prompts=prompts, buckets=(127,)),
                          tmp_path / "out2", generate_fn=generate)
     assert "camera_head" not in plain["summary"] and "camera_reading" not in plain["cases"][0]

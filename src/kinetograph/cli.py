@@ -112,6 +112,19 @@ def generate(
                      help="Models with a camera head (the default model): sample with the training captions' "
                           "wording of the move the head reads in the prompt (default: yes)."),
     ] = None,
+    camera_move: Annotated[
+        str | None,
+        typer.Option("--camera-move",
+                     help="Render this camera move of the image and sample from it (the camera prior; any model): "
+                          "static, pan_left, pan_right, tilt_up, tilt_down, zoom_in or zoom_out, at the speed the "
+                          "motion bucket stands for."),
+    ] = None,
+    camera_prior: Annotated[
+        float | None,
+        typer.Option("--camera-prior",
+                     help="Fraction of the steps the rendered move stands in for, 0..1 (0 = off; default: 0.5 with "
+                          "--camera-move, else the preset's). Without --camera-move, the move the camera head reads."),
+    ] = None,
     decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun, dpmpp_2m or euler_ancestral (stochastic, seeded).")] = "euler",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 23,
@@ -129,7 +142,11 @@ def generate(
     from kinetograph.pipeline.image_to_video import ImageToVideo
     from kinetograph.pipeline.preprocess import check_size
 
-    if height is not None or width is not None:  # fail before loading gigabytes of weights
+    if camera_move is not None:  # fail before loading gigabytes of weights
+        from kinetograph.pipeline.camera_prior import check_move
+
+        check_move(camera_move)
+    if height is not None or width is not None:
         check_size(height or 64, width or 64, multiple=1)  # the model's own multiple is checked once loaded
 
     dev = _device(device)
@@ -149,6 +166,13 @@ def generate(
         used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
         typer.echo(f"camera: the prompt reads as {move.replace('_', ' ')} ({p:.0%}){used}", err=True)
         prompt, camera_prompt = caption or prompt, False  # decided here: the pipeline reads it no more
+    strength, move = pipe.camera_prior_plan(prompt or "", camera_move, camera_prior)
+    if strength:
+        typer.echo(f"camera prior: the image moved by {move.replace('_', ' ')}, sampled from {strength:.0%} of the "
+                   "way down the noise schedule", err=True)
+    elif camera_prior is None and pipe.preset.sampling.camera_prior:
+        typer.echo("camera prior: off, the prompt names no camera move the head reads (--camera-move names one)",
+                   err=True)
     bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
     def progress(step: int, total: int) -> None:
@@ -180,6 +204,8 @@ def generate(
             deflicker=deflicker,
             text_tokens=text_tokens,
             camera_prompt=camera_prompt,
+            camera_move=camera_move,
+            camera_prior=camera_prior,
             callback=progress,
         )
     for bar in bars:
@@ -273,7 +299,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or dif
 def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
     """The generator `kinetograph eval` uses: the checkpoint with its preset's sampling defaults,
     overridden by `settings` (ImageToVideo arguments: height, width, num_inference_steps, ...)."""
-    from kinetograph.pipeline.image_to_video import ImageToVideo
+    from kinetograph.pipeline.image_to_video import CAMERA_PROMPT_MIN, ImageToVideo
 
     pipe = ImageToVideo.from_checkpoint(checkpoint, device=_device("auto"))
     settings = dict(settings or {})
@@ -285,12 +311,17 @@ def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
         if reading is None:
             return None
         move, p = max(reading.items(), key=lambda kv: kv[1])
-        return {"move": move, "p": round(p, 4), "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
+        out = {"move": move, "p": round(p, 4), "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
+        # The camera prior's strength: a prompt the head does not read samples as usual.
+        prior = pipe.camera_prior_plan(out["sampled_prompt"], None, settings.get("camera_prior"))[0] \
+            if p >= CAMERA_PROMPT_MIN else 0.0
+        return {**out, "camera_prior": prior}
 
     def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):
         options = settings
         if reading := read_prompt(prompt):  # read once here: the pipeline reads it no more
             prompt, options = reading["sampled_prompt"], {**settings, "camera_prompt": False}
+            options["camera_prior"] = reading["camera_prior"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a text-blind model's prompt warning, once per case
             return pipe(image, prompt, motion_bucket_id=motion_bucket_id, seed=seed, **options).frames

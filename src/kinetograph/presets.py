@@ -86,6 +86,9 @@ class SamplingDefaults:
     # (pipeline/deflicker.py): removes frame-to-frame brightness jitter, keeps frame 0 and any
     # linear brightness change. SVD does not (False, the official behaviour).
     deflicker: bool = False
+    # Start sampling from the image moved by the camera move asked for, this fraction of the steps
+    # down the schedule (pipeline/camera_prior.py; 0 = off, the official behaviour).
+    camera_prior: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -209,10 +212,13 @@ PRESETS: dict[str, Preset] = {
         # (docs/model-card.md, session 11). Frame 0 pinned to the photo: frame 0 keeps 25.7 dB
         # instead of 23.7 (the autoencoder's round trip), with the same text control, bucket
         # control and carry-over (docs/model-card.md, session 12). Deflickered: its frames' brightness
-        # jitters ~5x its training clips' otherwise (docs/model-card.md, session 15).
+        # jitters ~5x its training clips' otherwise (docs/model-card.md, session 15). Camera prior
+        # 0.8 (from sigma 0.13 of 20 steps): the photo moved as the head reads the prompt, which the
+        # network refines; alone, it smears what it moves within a few frames (carry-over 13 dB
+        # against 20 with the prior; docs/model-card.md, session 18).
         SamplingDefaults(num_frames=14, num_inference_steps=20, fps=8, decode_chunk_size=14, height=256, width=256,
                          min_guidance_scale=1.0, max_guidance_scale=1.0, motion_bucket_id=145,
-                         pin_first_frame=True, deflicker=True),
+                         pin_first_frame=True, deflicker=True, camera_prior=0.8),
     ),
 }
 

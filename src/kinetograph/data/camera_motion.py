@@ -24,7 +24,7 @@ from kinetograph.data.sources import PHOTOS, Photo, load_photo
 
 MOTIONS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
 # Content motion direction (dx, dy) in the frame for each translating move.
-_DIRECTION = {"pan_left": (1, 0), "pan_right": (-1, 0), "tilt_up": (0, 1), "tilt_down": (0, -1)}
+CONTENT_DIRECTION = {"pan_left": (1, 0), "pan_right": (-1, 0), "tilt_up": (0, 1), "tilt_down": (0, -1)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def render(photo: np.ndarray, move: CameraMove, cfg: CameraMotionConfig, rng: np
         cx = np.full(T, src_w / 2 + rng.uniform(-0.5, 0.5) * (src_w - scale.max() * W))
         cy = np.full(T, src_h / 2 + rng.uniform(-0.5, 0.5) * (src_h - scale.max() * H))
     else:
-        dx, dy = _DIRECTION.get(move.kind, (0, 0))
+        dx, dy = CONTENT_DIRECTION.get(move.kind, (0, 0))
         travel = px * (T - 1)  # output pixels crossed over the clip
         s = min(src_w / (W + abs(dx) * travel), src_h / (H + abs(dy) * travel))
         scale = np.full(T, s)

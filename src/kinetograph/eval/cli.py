@@ -7,7 +7,8 @@ it as a Typer command; the top-level CLI registers it with its own generator fac
     app.command("eval")(make_eval_cli(make_generate_fn))   # make_generate_fn(checkpoint, settings) -> fn
 
 `settings` holds only the generation options the user set (height, width, steps, sampler,
-text_guidance_scale, min/max_guidance_scale, negative_prompt, pin_first_frame, deflicker, text_tokens, camera_prompt), under the pipeline's argument names; the rest are the preset's defaults.
+text_guidance_scale, min/max_guidance_scale, negative_prompt, pin_first_frame, deflicker, text_tokens, camera_prompt,
+camera_prior), under the pipeline's argument names; the rest are the preset's defaults.
 
 Importing this module is cheap: OpenCV, scikit-image, matplotlib and torch load only when
 `eval_command` runs, so `kinetograph --help` stays fast.
@@ -39,7 +40,7 @@ GenerateFn = Callable[
     [Path, str, int, int], "np.ndarray"
 ]  # (image_path, prompt, bucket, seed) -> video
 Log = Callable[[str], None]
-# What a model reads in a prompt (a camera head): {"move", "p", "sampled_prompt"}, or None.
+# What a model reads in a prompt (a camera head): {"move", "p", "sampled_prompt", "camera_prior"}, or None.
 ReadPrompt = Callable[[str], "dict[str, Any] | None"]
 
 _MEAN_KEYS = (
@@ -449,6 +450,13 @@ def make_eval_cli(
             typer.Option("--camera-prompt/--no-camera-prompt",
                          help="Camera-head models sample with the captions' wording of the move read; default: yes."),
         ] = None,
+        camera_prior: Annotated[
+            float | None,
+            typer.Option("--camera-prior",
+                         help="Sample from the image moved by the move the camera head reads, this fraction of the "
+                              "steps down the schedule (0..1; prompts it does not read sample as usual); "
+                              "default: the preset's."),
+        ] = None,
     ) -> None:
         """Generate (or read) a suite's videos, measure them, write report.json and report.html."""
         clip = None
@@ -460,7 +468,7 @@ def make_eval_cli(
                        text_guidance_scale=text_guidance, min_guidance_scale=min_guidance,
                        max_guidance_scale=max_guidance, negative_prompt=negative_prompt,
                        pin_first_frame=pin_first_frame, deflicker=deflicker, text_tokens=text_tokens,
-                       camera_prompt=camera_prompt)
+                       camera_prompt=camera_prompt, camera_prior=camera_prior)
         generation = {k: v for k, v in options.items() if v is not None}
         if videos is not None and generation:
             raise InputError(f"--videos scores existing videos; drop the generation options ({', '.join(generation)})")

@@ -331,7 +331,9 @@ def render_html(report: dict) -> str:
                 _e(f"{c['expected_motion'] or '-'} / {c['measured_motion']}") + f" ({verdict})",
             ),
             *([("camera head read", _e(f"{c['camera_reading']['move']} ({_num(c['camera_reading']['p'], 2)}); "
-                                        f"sampled with {c['camera_reading']['sampled_prompt']!r}"))]
+                                        f"sampled with {c['camera_reading']['sampled_prompt']!r}"
+                                        + (f", from the moved image at {c['camera_reading']['camera_prior']:.0%} "
+                                           "(camera prior)" if c['camera_reading'].get('camera_prior') else "")))]
               if c.get("camera_reading") else []),
             ("flow magnitude (px/frame)", _num(m["flow_magnitude"])),
             ("translation dx, dy (px/frame)", _e(", ".join(_num(v) for v in m["translation"]))),

@@ -27,6 +27,7 @@ import torch
 from einops import rearrange
 
 from kinetograph.conditioning import Cond, make_cond, micro_conditioning, steer_toward_text
+from kinetograph.data.camera_motion import MOTIONS
 from kinetograph.diffusion.denoiser import Denoiser, VScalingEDMcNoise
 from kinetograph.diffusion.guidance import GuidedDenoiser, TextImageGuidedDenoiser, linear_ramp, triangle_ramp
 from kinetograph.diffusion.samplers import SAMPLERS, STOCHASTIC
@@ -37,6 +38,7 @@ from kinetograph.io.video import save_video
 from kinetograph.models.clip_image import clip_preprocess
 from kinetograph.models.svd import SVD
 from kinetograph.models.text import OpenCLIPTextEncoder, TextEncoder, check_text_encoder, load_text_encoder
+from kinetograph.pipeline.camera_prior import bucket_speed, check_move, render_move, start_index
 from kinetograph.pipeline.deflicker import deflicker as steady_brightness
 from kinetograph.pipeline.preprocess import check_size, image_to_tensor, load_image, resize_and_crop
 from kinetograph.presets import Preset
@@ -45,6 +47,8 @@ GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
 # A camera-head model samples with the captions' wording of the move its head reads when the head
 # gives that move at least this probability (of 7; below it the prompt is used as written).
 CAMERA_PROMPT_MIN = 0.5
+# The camera prior's strength when a move is asked for (`camera_move`) without one.
+CAMERA_PRIOR_STRENGTH = 0.5
 
 TEXT_BLIND_WARNING = (
     "this checkpoint conditions on the image only, so the prompt is ignored; to steer with text, "
@@ -148,6 +152,8 @@ class ImageToVideo:
         pin_first_frame: bool | None = None,
         text_tokens: bool | None = None,
         camera_prompt: bool | None = None,
+        camera_move: str | None = None,
+        camera_prior: float | None = None,
         deflicker: bool | None = None,
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "video",
@@ -171,6 +177,11 @@ class ImageToVideo:
         of the move the head reads in the prompt (`CANONICAL_CAPTIONS`) when it gives that move at
         least CAMERA_PROMPT_MIN; default: on for those models. The token path knows the captions'
         words, the head knows other wordings of a move (docs/text.md).
+        `camera_prior`: start sampling from the image moved by the camera (pipeline/camera_prior.py),
+        this fraction of the steps down the schedule (0 = off, the preset's default; with
+        `camera_move` and no strength, CAMERA_PRIOR_STRENGTH). `camera_move`: the move rendered
+        (one of MOTIONS), at the speed `motion_bucket_id` stands for; by default the move a camera
+        head reads in the prompt, when it gives it at least CAMERA_PROMPT_MIN.
         """
         d = self.preset.sampling
         height, width = height or d.height, width or d.width
@@ -184,6 +195,8 @@ class ImageToVideo:
         chunk = decode_chunk_size or d.decode_chunk_size
         pin = d.pin_first_frame if pin_first_frame is None else pin_first_frame
         self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
+        camera_prior, camera_move = self.camera_prior_plan(prompt or "", camera_move, camera_prior)
+        first = start_index(camera_prior, steps)
         text_model = self.model.cfg.unet.text_dim > 0
         steer = not text_model and self.text_encoder is not None
         if text_guidance_scale is None:
@@ -210,7 +223,13 @@ class ImageToVideo:
         if latents is None:
             latents = torch.randn((1, num_frames, z, height // f, width // f), generator=generator, device=self.device)
         sigmas = karras_sigmas(steps).to(self.device)
-        x = rearrange(latents.to(self.device, torch.float32), "b t c h w -> (b t) c h w") * init_noise_scale(sigmas)
+        noise = rearrange(latents.to(self.device, torch.float32), "b t c h w -> (b t) c h w")
+        if first:  # the rendered move, noised to the level sampling starts at (SDEdit)
+            moved = render_move(pixels, camera_move, num_frames, bucket_speed(motion, width, fps))
+            sigmas = sigmas[first:]
+            x = self.encode_frames(moved, chunk) + sigmas[0] * noise
+        else:
+            x = noise * init_noise_scale(sigmas)
 
         ramp = GUIDANCE_RAMPS[guidance_ramp](min_g, max_g, num_frames).to(self.device)
         if text_model and (prompt or negative_prompt) and text_guidance_scale > 0:
@@ -237,13 +256,20 @@ class ImageToVideo:
 
         # A stochastic sampler continues the seeded generator, so its video is as reproducible.
         extra = {"generator": generator} if sampler in STOCHASTIC else {}
-        x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step, **extra)
+        if len(sigmas) > 1:  # else a full-strength camera prior left nothing to sample
+            x = SAMPLERS[sampler](guided, x, sigmas, callback=on_step, **extra)
         if output_type == "latent":
             return rearrange(x, "(b t) c h w -> b t c h w", t=num_frames)
         frames = self.decode(x, num_frames, chunk, d.deflicker if deflicker is None else deflicker)
         return Video(frames=frames, fps=float(fps))
 
     # -----------------------------------------------------------------------------------------
+
+    def encode_frames(self, frames: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """(t, 3, h, w) frames in [-1, 1] -> (t, c, h/f, w/f) latents in the sampler's scale."""
+        vae = self.model.vae
+        latents = [vae.encode(frames[i:i + chunk_size].float()) for i in range(0, len(frames), chunk_size)]
+        return torch.cat(latents) * vae.cfg.scale_factor
 
     def encode_condition(
         self,
@@ -293,6 +319,35 @@ class ImageToVideo:
             pooled = self.get_text_encoder().encode([prompt]).pooled.to(self.device)
             probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
         return dict(zip(MOTIONS, probs))
+
+    def camera_move(self, prompt: str) -> str | None:
+        """The move the camera head reads in `prompt`, when it gives it at least CAMERA_PROMPT_MIN."""
+        reading = self.camera_reading(prompt)
+        if not reading:
+            return None
+        move, p = max(reading.items(), key=lambda kv: kv[1])
+        return move if p >= CAMERA_PROMPT_MIN else None
+
+    def camera_prior_plan(self, prompt: str, move: str | None, strength: float | None) -> tuple[float, str | None]:
+        """The camera prior's strength and move for these `__call__` arguments: the strength given,
+        else CAMERA_PRIOR_STRENGTH with a move, else the preset's; the move given, else (with a
+        strength) the one the camera head reads in `prompt`. With the preset's strength and no move
+        read, the prior is off (0, None): a prompt that names no move samples as usual."""
+        if move is not None:
+            check_move(move)
+        preset = strength is None and move is None
+        if strength is None:
+            strength = CAMERA_PRIOR_STRENGTH if move is not None else self.preset.sampling.camera_prior
+        if not 0.0 <= strength <= 1.0:
+            raise InputError(f"camera prior must be in 0..1 (0 = off), got {strength}")
+        if strength and move is None:
+            move = self.camera_move(prompt)
+            if move is None and preset:
+                return 0.0, None
+            if move is None:
+                raise InputError("the camera prior renders a camera move: name one (--camera-move, one of "
+                                 f"{', '.join(MOTIONS)}), or give a prompt this model's camera head reads as one")
+        return strength, move
 
     def camera_caption(self, prompt: str, reading: dict[str, float] | None = None) -> str | None:
         """The training captions' wording of the move the camera head reads in `prompt` (or gave
