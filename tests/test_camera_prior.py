@@ -109,3 +109,17 @@ def test_generate_camera_move_on_a_text_blind_model(tmp_path: Path, capsys):
     assert main(["generate", str(photo), "--camera-move", "up", "-o", str(tmp_path / "b.mp4"), *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown camera move 'up'" in err[0] and not (tmp_path / "b.mp4").exists()
+
+
+def test_a_presets_prior_is_off_for_a_prompt_that_names_no_move(tiny_pipe):
+    """A preset's camera prior needs a move read in the prompt; with none (here: no camera head)
+    that prompt samples as usual instead of failing, while an explicit strength still asks for one."""
+    from kinetograph.presets import with_sampling
+
+    pipe = ImageToVideo(tiny_pipe.model, with_sampling(PRESETS["tiny"], camera_prior=0.8))
+    assert pipe.camera_prior_plan("a cat on a sofa", None, None) == (0.0, None)
+    assert torch.equal(_latents(pipe), _latents(tiny_pipe))
+    assert pipe.camera_prior_plan("", "zoom_out", None) == (0.8, "zoom_out")  # the preset's strength
+    assert tiny_pipe.camera_prior_plan("", "zoom_out", None) == (CAMERA_PRIOR_STRENGTH, "zoom_out")
+    with pytest.raises(InputError, match="name one"):
+        pipe.camera_prior_plan("a cat on a sofa", None, 0.3)

@@ -122,8 +122,9 @@ def generate(
     camera_prior: Annotated[
         float | None,
         typer.Option("--camera-prior",
-                     help="Fraction of the steps the rendered move stands in for, 0..1 (0 = off; default: 0.5 with "
-                          "--camera-move, else the preset's). Without --camera-move, the move the camera head reads."),
+                     help="Fraction of the steps the rendered move stands in for, 0..1 (0 = off; default: the "
+                          "preset's, or 0.5 with --camera-move on a preset without one). Without --camera-move, the "
+                          "move the camera head reads."),
     ] = None,
     decode_chunk: Annotated[int | None, typer.Option("--decode-chunk", help="Frames decoded at once.")] = None,
     sampler: Annotated[str, typer.Option("--sampler", help="euler (reference), heun, dpmpp_2m or euler_ancestral (stochastic, seeded).")] = "euler",

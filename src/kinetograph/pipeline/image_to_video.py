@@ -47,7 +47,8 @@ GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
 # A camera-head model samples with the captions' wording of the move its head reads when the head
 # gives that move at least this probability (of 7; below it the prompt is used as written).
 CAMERA_PROMPT_MIN = 0.5
-# The camera prior's strength when a move is asked for (`camera_move`) without one.
+# The camera prior's strength when a move is asked for (`camera_move`) without one and the preset
+# has none (SVD's presets).
 CAMERA_PRIOR_STRENGTH = 0.5
 
 TEXT_BLIND_WARNING = (
@@ -178,8 +179,8 @@ class ImageToVideo:
         least CAMERA_PROMPT_MIN; default: on for those models. The token path knows the captions'
         words, the head knows other wordings of a move (docs/text.md).
         `camera_prior`: start sampling from the image moved by the camera (pipeline/camera_prior.py),
-        this fraction of the steps down the schedule (0 = off, the preset's default; with
-        `camera_move` and no strength, CAMERA_PRIOR_STRENGTH). `camera_move`: the move rendered
+        this fraction of the steps down the schedule (default: the preset's; with `camera_move`
+        and a preset without one, CAMERA_PRIOR_STRENGTH). `camera_move`: the move rendered
         (one of MOTIONS), at the speed `motion_bucket_id` stands for; by default the move a camera
         head reads in the prompt, when it gives it at least CAMERA_PROMPT_MIN.
         """
@@ -330,14 +331,14 @@ class ImageToVideo:
 
     def camera_prior_plan(self, prompt: str, move: str | None, strength: float | None) -> tuple[float, str | None]:
         """The camera prior's strength and move for these `__call__` arguments: the strength given,
-        else CAMERA_PRIOR_STRENGTH with a move, else the preset's; the move given, else (with a
+        else the preset's, or CAMERA_PRIOR_STRENGTH for a move given to a preset without one; the move given, else (with a
         strength) the one the camera head reads in `prompt`. With the preset's strength and no move
         read, the prior is off (0, None): a prompt that names no move samples as usual."""
         if move is not None:
             check_move(move)
         preset = strength is None and move is None
         if strength is None:
-            strength = CAMERA_PRIOR_STRENGTH if move is not None else self.preset.sampling.camera_prior
+            strength = self.preset.sampling.camera_prior or (CAMERA_PRIOR_STRENGTH if move is not None else 0.0)
         if not 0.0 <= strength <= 1.0:
             raise InputError(f"camera prior must be in 0..1 (0 = off), got {strength}")
         if strength and move is None:
