@@ -131,6 +131,24 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_dirs(data: Path
     assert train(with_overrides(cfg, run={"max_steps": 2}), resume=True).step == 2  # more steps: fine
 
 
+def test_a_second_trainer_on_a_run_in_use_stops_before_touching_it(data: Path, tmp_path: Path):
+    """While one process trains a run, another `train --resume` of it fails in one line naming the
+    holder, and leaves the run's metrics and checkpoints as they were; once the run is free it resumes."""
+    from kinetograph.training.loop import lock_run_dir
+
+    cfg = tiny_cfg(data, tmp_path / "run", "image", run={"max_steps": 2, "ckpt_every": 1, "out_dir": str(tmp_path / "run"),
+                                                         "progress": False, "tensorboard": False, "val_count": 0})
+    train(cfg)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    held = lock_run_dir(tmp_path / "run")  # the other trainer
+    with pytest.raises(InputError, match=rf"run is in use by another training process \(pid {os.getpid()}\)"):
+        train(with_overrides(cfg, run={"max_steps": 3}), resume=True)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert not (tmp_path / "run" / "checkpoints" / "step-00000003").exists()
+    held.close()
+    assert train(with_overrides(cfg, run={"max_steps": 3}), resume=True).step == 3
+
+
 @torch.no_grad()
 def _eval_loss(cfg: TrainConfig, model, batch) -> float:
     stage = make_stage(cfg)

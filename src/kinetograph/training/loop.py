@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -68,8 +69,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     stage = make_stage(cfg)
     model, stage.preset_name = build_model(cfg, stage)
     barrier(d)
+    lock = None
     if d.is_main:  # only once the model builds: a config that cannot leaves no run folder behind
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_run_dir(out)  # before anything is written: a second process must not touch the run
         (out / "config.toml").write_text(config_io.to_toml(cfg))
     model.to(d.device)
     trainable = stage.trainable(model)
@@ -160,6 +163,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     result.validation += _validate(cfg, stage, model, ema, val_clips, step, d, log)
     result.exports = _export(cfg, stage, model, ema, out, d)
     log.close()
+    if lock is not None:
+        lock.close()  # the run is free for the next process
     return result
 
 
@@ -187,6 +192,28 @@ def build_model(cfg: TrainConfig, stage: Stage) -> tuple[SVD, str]:
             model = add_camera_head(model, cfg.data.root, cfg.model.camera_head_captions)
         stage.prepare(model)
     return model, preset
+
+
+def lock_run_dir(out: Path):
+    """An exclusive lock on the run folder `out`, held while the returned file stays open (until
+    this process ends). Two trainers on one run would interleave its metrics and checkpoints, and a
+    resume truncates the metrics past its checkpoint under the other's feet."""
+    import fcntl
+
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise InputError(f"{out} is in use by another training process (pid {pid}); wait for it to end or stop it, "
+                         "then --resume") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
