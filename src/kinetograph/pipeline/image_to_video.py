@@ -330,10 +330,10 @@ class ImageToVideo:
         return move if p >= CAMERA_PROMPT_MIN else None
 
     def camera_prior_plan(self, prompt: str, move: str | None, strength: float | None) -> tuple[float, str | None]:
-        """The camera prior's strength and move for these `__call__` arguments: the strength given,
-        else the preset's, or CAMERA_PRIOR_STRENGTH for a move given to a preset without one; the move given, else (with a
-        strength) the one the camera head reads in `prompt`. With the preset's strength and no move
-        read, the prior is off (0, None): a prompt that names no move samples as usual."""
+        """The camera prior's strength and move for these `__call__` arguments. Strength: the one
+        given, else the preset's, else CAMERA_PRIOR_STRENGTH if a move is given. Move: the one
+        given, else (with a strength) the one the camera head reads in `prompt`. With the preset's
+        strength and no move read, the prior is off (0, None): such a prompt samples as usual."""
         if move is not None:
             check_move(move)
         preset = strength is None and move is None
