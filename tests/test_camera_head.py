@@ -213,6 +213,16 @@ def test_camera_model_samples_with_the_captions_wording_of_the_move_it_reads(cam
     # Tokens are read by default; without them only the pooled vector and the camera head act.
     assert torch.equal(as_written, pipe(photo, prompt, camera_prompt=False, text_tokens=True, **kw))
     assert not torch.equal(as_written, pipe(photo, prompt, camera_prompt=False, text_tokens=False, **kw))
+    # With a preset's camera prior, one reading of the prompt sets both the caption and the move.
+    from kinetograph.presets import with_sampling
+
+    prior = ImageToVideo(loaded.model, with_sampling(loaded.preset, camera_prior=0.5))
+    reads = []
+    monkeypatch.setattr(prior, "camera_reading", lambda text: reads.append(text) or pipe.camera_reading(text))
+    got = prior(photo, prompt, **kw)
+    assert reads == [prompt]
+    assert torch.equal(got, pipe(photo, CANONICAL_CAPTIONS["zoom_in"], camera_prompt=False, camera_move="zoom_in",
+                                 camera_prior=0.5, **kw))
 
 
 def test_canonical_captions_name_their_move_in_training_words():

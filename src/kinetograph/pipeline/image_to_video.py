@@ -196,7 +196,8 @@ class ImageToVideo:
         chunk = decode_chunk_size or d.decode_chunk_size
         pin = d.pin_first_frame if pin_first_frame is None else pin_first_frame
         self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
-        camera_prior, camera_move = self.camera_prior_plan(prompt or "", camera_move, camera_prior)
+        reading = self.camera_reading(prompt or "")  # read once: it sets both the prior's move and the caption
+        camera_prior, camera_move = self.camera_prior_plan(prompt or "", camera_move, camera_prior, reading)
         first = start_index(camera_prior, steps)
         text_model = self.model.cfg.unet.text_dim > 0
         steer = not text_model and self.text_encoder is not None
@@ -236,7 +237,7 @@ class ImageToVideo:
         if text_model and (prompt or negative_prompt) and text_guidance_scale > 0:
             # No prompt but a negative one: steer away from it, relative to no text.
             if prompt and (camera_prompt is None or camera_prompt):
-                prompt = self.camera_caption(prompt) or prompt
+                prompt = self.camera_caption(prompt, reading) or prompt
             tokens = text_tokens is None or text_tokens
             text_cond = self.add_text(cond, prompt, tokens) if prompt else cond
             negative = self.add_text(cond, negative_prompt, tokens) if negative_prompt else None
@@ -321,19 +322,23 @@ class ImageToVideo:
             probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
         return dict(zip(MOTIONS, probs))
 
-    def camera_move(self, prompt: str) -> str | None:
-        """The move the camera head reads in `prompt`, when it gives it at least CAMERA_PROMPT_MIN."""
-        reading = self.camera_reading(prompt)
+    def camera_move(self, prompt: str, reading: dict[str, float] | None = None) -> str | None:
+        """The move the camera head reads in `prompt` (or gave as `reading`, from `camera_reading`),
+        when it gives it at least CAMERA_PROMPT_MIN."""
+        reading = reading or self.camera_reading(prompt)
         if not reading:
             return None
         move, p = max(reading.items(), key=lambda kv: kv[1])
         return move if p >= CAMERA_PROMPT_MIN else None
 
-    def camera_prior_plan(self, prompt: str, move: str | None, strength: float | None) -> tuple[float, str | None]:
+    def camera_prior_plan(
+        self, prompt: str, move: str | None, strength: float | None, reading: dict[str, float] | None = None
+    ) -> tuple[float, str | None]:
         """The camera prior's strength and move for these `__call__` arguments. Strength: the one
         given, else the preset's, else CAMERA_PRIOR_STRENGTH if a move is given. Move: the one
-        given, else (with a strength) the one the camera head reads in `prompt`. With the preset's
-        strength and no move read, the prior is off (0, None): such a prompt samples as usual."""
+        given, else (with a strength) the one the camera head reads in `prompt` (or gave as
+        `reading`). With the preset's strength and no move read, the prior is off (0, None): such a
+        prompt samples as usual."""
         if move is not None:
             check_move(move)
         preset = strength is None and move is None
@@ -342,7 +347,7 @@ class ImageToVideo:
         if not 0.0 <= strength <= 1.0:
             raise InputError(f"camera prior must be in 0..1 (0 = off), got {strength}")
         if strength and move is None:
-            move = self.camera_move(prompt)
+            move = self.camera_move(prompt, reading)
             if move is None and preset:
                 return 0.0, None
             if move is None:
@@ -354,13 +359,10 @@ class ImageToVideo:
         """The training captions' wording of the move the camera head reads in `prompt` (or gave
         as `reading`, from `camera_reading`), when it gives that move at least CAMERA_PROMPT_MIN;
         None without a head or below that."""
-        reading = reading or self.camera_reading(prompt)
-        if not reading:
-            return None
         from kinetograph.data.camera_motion import CANONICAL_CAPTIONS
 
-        move, p = max(reading.items(), key=lambda kv: kv[1])
-        return CANONICAL_CAPTIONS[move] if p >= CAMERA_PROMPT_MIN else None
+        move = self.camera_move(prompt, reading)
+        return CANONICAL_CAPTIONS[move] if move else None
 
     def steer_condition(self, cond: Cond, prompt: str, negative_prompt: str, strength: float) -> Cond:
         """Official weights + OpenCLIP text tower: the image embedding moved toward the prompt."""
