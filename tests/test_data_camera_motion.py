@@ -163,3 +163,19 @@ def test_head_wordings_leave_every_evaluation_wording_unseen():
         for text in texts:
             assert text.lower() not in held_out
             assert not any(w in text.lower() for w in HEAD_TELLTALE), (move, text)
+
+
+def test_scene_wordings_leave_the_suites_and_the_held_out_scenes_unseen():
+    """The camera gate's prompts that name no move (training/camera.py HEAD_SCENES) use no suite's
+    telltale words, nor any prompt of the held-out set its gate is measured on (tests/data)."""
+    import json
+    from pathlib import Path
+
+    from kinetograph.training.camera import HEAD_SCENES, scene_wordings
+
+    assert len(set(HEAD_SCENES)) == len(HEAD_SCENES) >= 90 and set(HEAD_SCENES) <= set(scene_wordings())
+    for text in HEAD_SCENES:
+        assert not any(w in text.lower() for w in HEAD_TELLTALE), text
+    held = json.loads((Path(__file__).parent / "data" / "scene_prompts.json").read_text())
+    held = {t.lower() for t in held["scene"] + held["subject_motion"]}
+    assert len(held) >= 100 and not held & {t.lower() for t in scene_wordings()}

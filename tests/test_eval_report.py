@@ -308,8 +308,12 @@ def test_report_records_what_the_camera_head_read(tmp_path):
     generate = fake_generate()
 
     def read_prompt(prompt: str) -> dict:
-        # Reads every prompt as a pan right and samples with its own wording of it.
-        return {"move": "pan_right", "p": 0.9, "sampled_prompt": "The camera pans right.", "camera_prior": 0.5}
+        # Reads every prompt as a pan right and samples with its own wording of it, but for one
+        # its camera gate says names no move: that one is sampled as written.
+        if prompt == "a static shot":
+            return {"move": "pan_right", "p": 0.9, "named": 0.1, "sampled_prompt": prompt, "camera_prior": 0.0}
+        return {"move": "pan_right", "p": 0.9, "named": 0.9, "sampled_prompt": "The camera pans right.",
+                "camera_prior": 0.5}
 
     prompts = [{"id": "r", "text": "the camera pans right"}, {"id": "l", "text": "the camera pans left"},
                {"id": "s", "text": "a static shot"}]
@@ -321,6 +325,7 @@ def test_report_records_what_the_camera_head_read(tmp_path):
     html = (tmp_path / "out" / "report.html").read_text()
     assert "camera head read" in html and "The camera pans right." in html
     assert "from the moved image at 50% (camera prior)" in html
+    assert html.count("but no camera move named (gate 0.1") == 2  # the static shot, on both photos
     plain = eval_command(Path("ckpt.safetensors"), suite_file(tmp_path, prompts=prompts, buckets=(127,)),
                          tmp_path / "out2", generate_fn=generate)
     assert "camera_head" not in plain["summary"] and "camera_reading" not in plain["cases"][0]

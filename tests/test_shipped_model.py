@@ -124,3 +124,23 @@ def test_the_transport_probe_measures_detail_lost_to_noise_and_travel():
         assert r["sigma_0.3_frame_1"] > r["sigma_1_frame_13"], (move, r)
         assert all(r[f"autoencoder_frame_{f}"] > r[f"sigma_1_frame_{f}"] for f in (1, 6, 13)), (move, r)
         assert min(r.values()) > 16, (move, r)  # coffee: 18.0 at worst; a frame against the wrong one: 12-15
+
+
+def test_a_prompt_that_names_no_camera_move_gets_none(pipe: ImageToVideo):
+    """The camera gate: prompts that describe only the picture or things moving in it, written
+    blind (tests/data/scene_prompts.json), ask for no move, so neither the prior nor the caption
+    forces one on them; the head alone read a move into most of them. The prompts of CASES and
+    ZOOMS still ask for theirs."""
+    import json
+    from pathlib import Path
+
+    held = json.loads((Path(__file__).parent / "data" / "scene_prompts.json").read_text())
+    readings = [pipe.camera_reading(t) for t in held["scene"] + held["subject_motion"]]
+    assert np.mean([r.asked is None for r in readings]) >= 0.95
+    assert np.mean([r.p >= 0.5 for r in readings]) >= 0.5  # the head alone
+    assert pipe.camera_prior_plan("a cat on a sofa", None, None) == (0.0, None)
+    assert pipe.camera_caption("a cat on a sofa") is None
+    moves = {"left": "pan_left", "right": "pan_right", "up": "tilt_up", "down": "tilt_down", "zoom_in": "zoom_in",
+             "zoom_out": "zoom_out", "static": "static"}
+    for prompt, expected in CASES + ZOOMS:
+        assert pipe.camera_reading(prompt).asked == moves[expected], prompt

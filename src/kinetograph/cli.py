@@ -140,7 +140,7 @@ def generate(
     _check_output(output)
     from tqdm import tqdm
 
-    from kinetograph.pipeline.image_to_video import ImageToVideo
+    from kinetograph.pipeline.image_to_video import CAMERA_NAMED_MIN, ImageToVideo
     from kinetograph.pipeline.preprocess import check_size
 
     if camera_move is not None:  # fail before loading gigabytes of weights
@@ -162,10 +162,16 @@ def generate(
     typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
     reading = pipe.camera_reading(prompt or "")
     if reading:  # models with a camera head: say which move the prompt reads as, and what is sampled
-        move, p = max(reading.items(), key=lambda kv: kv[1])
         caption = pipe.camera_caption(prompt, reading) if camera_prompt is None or camera_prompt else None
         used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
-        typer.echo(f"camera: the prompt reads as {move.replace('_', ' ')} ({p:.0%}){used}", err=True)
+        move = reading.move.replace("_", " ")
+        if reading.asked:
+            read = f"reads as {move} ({reading.p:.0%})"
+        elif reading.named < CAMERA_NAMED_MIN:
+            read = f"names no camera move ({1 - reading.named:.0%} sure)"
+        else:
+            read = f"names no move clearly (at most {reading.p:.0%} {move})"
+        typer.echo(f"camera: the prompt {read}{used}", err=True)
         prompt, camera_prompt = caption or prompt, False  # decided here: the pipeline reads it no more
     strength, move = pipe.camera_prior_plan(prompt or "", camera_move, camera_prior)
     if strength:
@@ -300,7 +306,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or dif
 def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
     """The generator `kinetograph eval` uses: the checkpoint with its preset's sampling defaults,
     overridden by `settings` (ImageToVideo arguments: height, width, num_inference_steps, ...)."""
-    from kinetograph.pipeline.image_to_video import CAMERA_PROMPT_MIN, ImageToVideo
+    from kinetograph.pipeline.image_to_video import ImageToVideo
 
     pipe = ImageToVideo.from_checkpoint(checkpoint, device=_device("auto"))
     settings = dict(settings or {})
@@ -311,11 +317,11 @@ def _make_generate_fn(checkpoint: Path, settings: dict | None = None):
         reading = pipe.camera_reading(prompt) if settings.get("camera_prompt", True) else None
         if reading is None:
             return None
-        move, p = max(reading.items(), key=lambda kv: kv[1])
-        out = {"move": move, "p": round(p, 4), "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
-        # The camera prior's strength: a prompt the head does not read samples as usual.
+        out = {"move": reading.move, "p": round(reading.p, 4), "named": round(reading.named, 4),
+               "sampled_prompt": pipe.camera_caption(prompt, reading) or prompt}
+        # The camera prior's strength: a prompt that names no move it reads samples as usual.
         prior = pipe.camera_prior_plan(out["sampled_prompt"], None, settings.get("camera_prior"))[0] \
-            if p >= CAMERA_PROMPT_MIN else 0.0
+            if reading.asked else 0.0
         return {**out, "camera_prior": prior}
 
     def generate_fn(image: Path, prompt: str, motion_bucket_id: int, seed: int):

@@ -330,8 +330,10 @@ def render_html(report: dict) -> str:
                 "expected / measured motion",
                 _e(f"{c['expected_motion'] or '-'} / {c['measured_motion']}") + f" ({verdict})",
             ),
-            *([("camera head read", _e(f"{c['camera_reading']['move']} ({_num(c['camera_reading']['p'], 2)}); "
-                                        f"sampled with {c['camera_reading']['sampled_prompt']!r}"
+            *([("camera head read", _e(f"{c['camera_reading']['move']} ({_num(c['camera_reading']['p'], 2)})"
+                                        + (f", but no camera move named (gate {_num(c['camera_reading']['named'], 2)})"
+                                           if c['camera_reading'].get('named', 1.0) < 0.5 else "")
+                                        + f"; sampled with {c['camera_reading']['sampled_prompt']!r}"
                                         + (f", from the moved image at {c['camera_reading']['camera_prior']:.0%} "
                                            "(camera prior)" if c['camera_reading'].get('camera_prior') else "")))]
               if c.get("camera_reading") else []),

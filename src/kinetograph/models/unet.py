@@ -29,7 +29,11 @@ the camera move a caption asks for off its normalised pooled vector (`camera_hea
 captions and frozen, `training/camera.py`) and the move's probabilities join the time embedding
 (`camera_emb`, zero at the start). A sentence encoder places paraphrases of one move near each
 other, so the head names the move of wordings no caption used more often than the token
-cross-attention, which learns the captions' words (docs/model-card.md, session 14).
+cross-attention, which learns the captions' words (docs/model-card.md, session 14). A head fitted on
+moves alone reads any sentence as some move ("a cat on a sofa": tilt down at 86%), so a camera
+gate (`UNetConfig.camera_gate`, `camera_gate`) gives the probability that the prompt names a
+camera move at all, fitted against prompts that describe only the picture; the head's reading
+joins the time embedding in that proportion.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class UNetConfig:
     temporal_text: bool = False
     # Moves the camera head tells apart (`data.camera_motion.MOTIONS`); 0 = no camera head.
     camera_moves: int = 0
+    # With a camera head: a gate telling prompts that name a camera move from those that do not.
+    camera_gate: bool = False
 
     def __post_init__(self) -> None:
         # Configs read back from JSON carry lists; keep them hashable and comparable.
@@ -109,6 +115,8 @@ class UNetConfig:
             raise ValueError("temporal_text needs a text branch: set text_dim to the text encoder's width")
         if self.camera_moves < 0 or (self.camera_moves and not self.text_dim):
             raise ValueError(f"camera_moves {self.camera_moves} needs a text branch (text_dim > 0) and must be >= 0")
+        if self.camera_gate and not self.camera_moves:
+            raise ValueError("camera_gate needs a camera head (camera_moves > 0)")
         if len(self.video_kernel_size) != 3 or any(k % 2 == 0 for k in self.video_kernel_size):
             raise ValueError(f"video_kernel_size {self.video_kernel_size} must be three odd sizes (t, h, w)")
 
@@ -466,6 +474,7 @@ class VideoUNet(nn.Module):
         # The camera head: pooled text -> probabilities of each move -> the time embedding.
         self.camera_head = nn.Linear(cfg.text_dim, cfg.camera_moves) if cfg.camera_moves else None
         self.camera_emb = zero_module(nn.Linear(cfg.camera_moves, emb_dim)) if cfg.camera_moves else None
+        self.camera_gate = nn.Linear(cfg.text_dim, 1) if cfg.camera_gate else None
 
     def _run(self, block: UNetBlock, *args) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -511,7 +520,7 @@ class VideoUNet(nn.Module):
             has = (pooled != 0).any(dim=-1)[:, None].to(emb.dtype)  # ((b t), 1)
             emb = emb + self.text_emb(pooled) * has
             if self.camera_head is not None:
-                emb = emb + self.camera_emb(self.camera_logits(pooled).softmax(dim=-1)) * has
+                emb = emb + self.camera_emb(self.camera_logits(pooled).softmax(dim=-1)) * has * self.camera_named(pooled)
 
         skips = []
         h = x
@@ -530,6 +539,12 @@ class VideoUNet(nn.Module):
         """(n, text_dim) pooled text -> (n, camera_moves) logits of the move it asks for."""
         assert self.camera_head is not None, "this UNet has no camera head (UNetConfig.camera_moves = 0)"
         return self.camera_head(F.normalize(text_pooled.to(self.camera_head.weight.dtype), dim=-1))
+
+    def camera_named(self, text_pooled: torch.Tensor) -> torch.Tensor:
+        """(n, text_dim) pooled text -> (n, 1) probability that it names a camera move (1 without a gate)."""
+        if self.camera_gate is None:
+            return text_pooled.new_ones(text_pooled.shape[0], 1)
+        return torch.sigmoid(self.camera_gate(F.normalize(text_pooled.to(self.camera_gate.weight.dtype), dim=-1)))
 
     def _text(self, tokens: torch.Tensor | None, mask: torch.Tensor | None, n: int) -> TextContext | None:
         if tokens is None:

@@ -47,9 +47,34 @@ GUIDANCE_RAMPS = {"linear": linear_ramp, "triangle": triangle_ramp}
 # A camera-head model samples with the captions' wording of the move its head reads when the head
 # gives that move at least this probability (of 7; below it the prompt is used as written).
 CAMERA_PROMPT_MIN = 0.5
+# ... in a prompt its camera gate gives at least this probability of naming a camera move.
+CAMERA_NAMED_MIN = 0.5
 # The camera prior's strength when a move is asked for (`camera_move`) without one and the preset
 # has none (SVD's presets).
 CAMERA_PRIOR_STRENGTH = 0.5
+
+@dataclass(frozen=True)
+class CameraReading:
+    """What a camera head reads in a prompt: each move's probability (`probs`, summing to 1) and,
+    with a camera gate, the probability that the prompt names a camera move at all (`named`)."""
+
+    probs: dict[str, float]
+    named: float = 1.0  # 1 without a gate: every prompt is read as some move
+
+    @property
+    def move(self) -> str:
+        return max(self.probs, key=self.probs.__getitem__)
+
+    @property
+    def p(self) -> float:
+        return self.probs[self.move]
+
+    @property
+    def asked(self) -> str | None:
+        """The move the prompt asks for: the head's, at CAMERA_PROMPT_MIN or more, in a prompt
+        the gate says names one (CAMERA_NAMED_MIN); None: the prompt names no move it reads."""
+        return self.move if self.p >= CAMERA_PROMPT_MIN and self.named >= CAMERA_NAMED_MIN else None
+
 
 TEXT_BLIND_WARNING = (
     "this checkpoint conditions on the image only, so the prompt is ignored; to steer with text, "
@@ -310,8 +335,8 @@ class ImageToVideo:
         mask = emb.mask if tokens else torch.zeros_like(emb.mask)
         return cond.with_text(emb.tokens.to(self.device), mask.to(self.device), emb.pooled.to(self.device))
 
-    def camera_reading(self, prompt: str) -> dict[str, float] | None:
-        """What the camera head reads in `prompt`: probability of each move (None without a head)."""
+    def camera_reading(self, prompt: str) -> CameraReading | None:
+        """What the camera head (and gate) read in `prompt` (None without a head)."""
         unet = self.model.unet
         if unet.camera_head is None or not prompt:
             return None
@@ -320,19 +345,17 @@ class ImageToVideo:
         with torch.no_grad():
             pooled = self.get_text_encoder().encode([prompt]).pooled.to(self.device)
             probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
-        return dict(zip(MOTIONS, probs))
+            named = float(unet.camera_named(pooled)[0, 0])
+        return CameraReading(dict(zip(MOTIONS, probs)), named)
 
-    def camera_move(self, prompt: str, reading: dict[str, float] | None = None) -> str | None:
-        """The move the camera head reads in `prompt` (or gave as `reading`, from `camera_reading`),
-        when it gives it at least CAMERA_PROMPT_MIN."""
+    def camera_move(self, prompt: str, reading: CameraReading | None = None) -> str | None:
+        """The move `prompt` asks for as the camera head reads it (or gave as `reading`, from
+        `camera_reading`): `CameraReading.asked`."""
         reading = reading or self.camera_reading(prompt)
-        if not reading:
-            return None
-        move, p = max(reading.items(), key=lambda kv: kv[1])
-        return move if p >= CAMERA_PROMPT_MIN else None
+        return reading.asked if reading else None
 
     def camera_prior_plan(
-        self, prompt: str, move: str | None, strength: float | None, reading: dict[str, float] | None = None
+        self, prompt: str, move: str | None, strength: float | None, reading: CameraReading | None = None
     ) -> tuple[float, str | None]:
         """The camera prior's strength and move for these `__call__` arguments. Strength: the one
         given, else the preset's, else CAMERA_PRIOR_STRENGTH if a move is given. Move: the one
@@ -355,10 +378,10 @@ class ImageToVideo:
                                  f"{', '.join(MOTIONS)}), or give a prompt this model's camera head reads as one")
         return strength, move
 
-    def camera_caption(self, prompt: str, reading: dict[str, float] | None = None) -> str | None:
-        """The training captions' wording of the move the camera head reads in `prompt` (or gave
-        as `reading`, from `camera_reading`), when it gives that move at least CAMERA_PROMPT_MIN;
-        None without a head or below that."""
+    def camera_caption(self, prompt: str, reading: CameraReading | None = None) -> str | None:
+        """The training captions' wording of the move `prompt` asks for as the camera head reads
+        it (or gave as `reading`, from `camera_reading`); None without a head, or for a prompt
+        that names no move it reads (`CameraReading.asked`)."""
         from kinetograph.data.camera_motion import CANONICAL_CAPTIONS
 
         move = self.camera_move(prompt, reading)

@@ -78,10 +78,10 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> RunResult:
     trainable = stage.trainable(model)
     model.requires_grad_(False)
     for name, p in trainable.items():
-        # The camera head was fitted when it was added (`training/camera.py`): it is kept in the
-        # checkpoints with the trained weights (a resume or export reads it back, not a refit) but
-        # gets no gradient, so the optimizer never moves it.
-        p.requires_grad_(".camera_head." not in name)
+        # The camera head and gate were fitted when they were added (`training/camera.py`): they are
+        # kept in the checkpoints with the trained weights (a resume or export reads them back, not
+        # a refit) but get no gradient, so the optimizer never moves them.
+        p.requires_grad_(".camera_head." not in name and ".camera_gate." not in name)
     fingerprint = ckpt.frozen_fingerprint(model, trainable)
     model.eval()
     model.unet.gradient_checkpointing = cfg.model.gradient_checkpointing
