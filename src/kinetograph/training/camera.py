@@ -14,6 +14,7 @@ layer (`UNet.camera_emb`), so the model starts out unchanged and learns to follo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -236,20 +237,7 @@ def fit_camera_head(head: nn.Linear, pooled: torch.Tensor, labels: torch.Tensor,
     """Multinomial logistic regression of `labels` (n,) on normalised `pooled` (n, d), full batch,
     from zero weights (deterministic); returns the accuracy on those captions."""
     x = F.normalize(pooled.float(), dim=-1)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-    params = [head.weight, head.bias]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    with torch.enable_grad():
-        for p in params:
-            p.requires_grad_(True)
-        for _ in range(steps):
-            loss = F.cross_entropy(head(x), labels) + weight_decay * head.weight.square().sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    head.zero_grad(set_to_none=True)  # no stale gradient for the training loop's optimizer to apply
+    _fit_linear(head, x, lambda logits: F.cross_entropy(logits, labels), steps, lr, weight_decay)
     with torch.no_grad():
         return float((head(x).argmax(dim=-1) == labels).float().mean())
 
@@ -263,24 +251,33 @@ def fit_camera_gate(gate: nn.Linear, moves: torch.Tensor, scenes: torch.Tensor,
     x = F.normalize(torch.cat([moves, scenes]).float(), dim=-1)
     y = torch.cat([torch.ones(len(moves)), torch.zeros(len(scenes))])
     w = torch.cat([torch.full((len(moves),), 0.5 / len(moves)), torch.full((len(scenes),), 0.5 / len(scenes))])
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        return (F.binary_cross_entropy_with_logits(logits[:, 0], y, reduction="none") * w).sum()
+
+    _fit_linear(gate, x, loss, steps, lr, weight_decay)
     with torch.no_grad():
-        gate.weight.zero_()
-        gate.bias.zero_()
-    params = [gate.weight, gate.bias]
+        named = gate(x)[:, 0] > 0
+    return float(named[: len(moves)].float().mean()), float((~named[len(moves):]).float().mean())
+
+
+def _fit_linear(layer: nn.Linear, x: torch.Tensor, data_loss: Callable[[torch.Tensor], torch.Tensor],
+                steps: int, lr: float, weight_decay: float) -> None:
+    """`layer` fitted from zero weights by full-batch Adam on `data_loss(layer(x))` plus weight decay."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+    params = [layer.weight, layer.bias]
     optimizer = torch.optim.Adam(params, lr=lr)
     with torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
         for _ in range(steps):
-            loss = (F.binary_cross_entropy_with_logits(gate(x)[:, 0], y, reduction="none") * w).sum()
-            loss = loss + weight_decay * gate.weight.square().sum()
+            loss = data_loss(layer(x)) + weight_decay * layer.weight.square().sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    gate.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        named = gate(x)[:, 0] > 0
-    return float(named[: len(moves)].float().mean()), float((~named[len(moves):]).float().mean())
+    layer.zero_grad(set_to_none=True)  # no stale gradient for the training loop's optimizer to apply
 
 
 def add_camera_head(model: SVD, data_root: str | Path, per_clip: int = 16, seed: int = 0, refit: bool = False) -> SVD:
