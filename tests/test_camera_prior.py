@@ -106,9 +106,31 @@ def test_generate_camera_move_on_a_text_blind_model(tmp_path: Path, capsys):
     assert main(["generate", str(photo), "--camera-move", "tilt_up", "-o", str(tmp_path / "a.mp4"), *args]) == 0
     assert "camera prior: the image moved by tilt up, sampled from 50% of the way" in capsys.readouterr().err
     assert (tmp_path / "a.mp4").stat().st_size > 0
+    assert main(["generate", str(photo), "--prompt", "the camera zooms out", "--camera-prior", "0.5",
+                 "-o", str(tmp_path / "c.mp4"), *args]) == 0
+    assert ("camera prior: the image moved by zoom out (read in the prompt by the default model's camera head)"
+            in capsys.readouterr().err)
     assert main(["generate", str(photo), "--camera-move", "up", "-o", str(tmp_path / "b.mp4"), *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown camera move 'up'" in err[0] and not (tmp_path / "b.mp4").exists()
+
+
+def test_a_model_without_a_head_takes_the_move_from_the_default_models_reader(tiny_pipe):
+    """With a strength given, a model with no camera head (as official SVD weights) renders the
+    move the shipped model's head and gate read in the prompt: the same video as naming the move;
+    a prompt that names no move still asks for one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the text-blind model's "prompt ignored" warning
+        got = _latents(tiny_pipe, prompt="the camera slowly pans to the left", camera_prior=0.5)
+    assert torch.equal(got, _latents(tiny_pipe, camera_move="pan_left", camera_prior=0.5))
+    reading = tiny_pipe.borrowed_camera_reading("the view tilts up toward the sky")
+    assert reading.asked == "tilt_up" and reading.named > 0.5
+    assert tiny_pipe.borrowed_camera_reading("a cat on a sofa").asked is None
+    with pytest.raises(InputError, match="or give a prompt that asks for one"):
+        tiny_pipe.camera_prior_plan("a cat on a sofa", None, 0.5)
+    assert tiny_pipe.camera_prior_plan("a cat on a sofa", None, None) == (0.0, None)  # no strength: no prior
 
 
 def test_a_presets_prior_is_off_for_a_prompt_that_names_no_move(tiny_pipe):

@@ -175,8 +175,11 @@ def generate(
         prompt, camera_prompt = caption or prompt, False  # decided here: the pipeline reads it no more
     strength, move = pipe.camera_prior_plan(prompt or "", camera_move, camera_prior)
     if strength:
-        typer.echo(f"camera prior: the image moved by {move.replace('_', ' ')}, sampled from {strength:.0%} of the "
-                   "way down the noise schedule", err=True)
+        # A model without a camera head takes the move from the default model's head and gate.
+        source = " (read in the prompt by the default model's camera head)" \
+            if camera_move is None and pipe.model.unet.camera_head is None else ""
+        typer.echo(f"camera prior: the image moved by {move.replace('_', ' ')}{source}, sampled from {strength:.0%} "
+                   "of the way down the noise schedule", err=True)
     elif camera_prior is None and pipe.preset.sampling.camera_prior:
         typer.echo("camera prior: off, the prompt names no camera move the head reads (--camera-move names one)",
                    err=True)

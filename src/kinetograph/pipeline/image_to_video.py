@@ -122,6 +122,7 @@ class ImageToVideo:
                     f"{cfg.clip.embed_dim}; pass the OpenCLIP text weights of the same CLIP (ViT-H-14 for SVD)"
                 )
         self.text_encoder = text_encoder
+        self._borrowed_reader: tuple[TextEncoder, torch.nn.Linear, torch.nn.Linear] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -354,14 +355,33 @@ class ImageToVideo:
         reading = reading or self.camera_reading(prompt)
         return reading.asked if reading else None
 
+    def borrowed_camera_reading(self, prompt: str) -> CameraReading | None:
+        """For a model with no camera head of its own (official SVD weights among them): what the
+        default model's camera head and gate read in `prompt`, over MiniLM (None for no prompt).
+        Loaded at the first call (~1 s)."""
+        if not prompt:
+            return None
+        if self._borrowed_reader is None:
+            from kinetograph.default_model import camera_reader_layers
+            from kinetograph.models.text import MINILM_NAME
+
+            self._borrowed_reader = (load_text_encoder(MINILM_NAME), *camera_reader_layers())
+        encoder, head, gate = self._borrowed_reader
+        with torch.no_grad():
+            x = torch.nn.functional.normalize(encoder.encode([prompt]).pooled.float(), dim=-1)
+            probs = head(x).softmax(dim=-1)[0].tolist()
+            named = float(torch.sigmoid(gate(x))[0, 0])
+        return CameraReading(dict(zip(MOTIONS, probs)), named)
+
     def camera_prior_plan(
         self, prompt: str, move: str | None, strength: float | None, reading: CameraReading | None = None
     ) -> tuple[float, str | None]:
         """The camera prior's strength and move for these `__call__` arguments. Strength: the one
         given, else the preset's, else CAMERA_PRIOR_STRENGTH if a move is given. Move: the one
         given, else (with a strength) the one the camera head reads in `prompt` (or gave as
-        `reading`). With the preset's strength and no move read, the prior is off (0, None): such a
-        prompt samples as usual."""
+        `reading`); for a model without a head and a strength given, the one the default model's
+        head reads (`borrowed_camera_reading`). With the preset's strength and no move read, the
+        prior is off (0, None): such a prompt samples as usual."""
         if move is not None:
             check_move(move)
         preset = strength is None and move is None
@@ -370,12 +390,14 @@ class ImageToVideo:
         if not 0.0 <= strength <= 1.0:
             raise InputError(f"camera prior must be in 0..1 (0 = off), got {strength}")
         if strength and move is None:
+            if self.model.unet.camera_head is None and not preset:
+                reading = self.borrowed_camera_reading(prompt)
             move = self.camera_move(prompt, reading)
             if move is None and preset:
                 return 0.0, None
             if move is None:
                 raise InputError("the camera prior renders a camera move: name one (--camera-move, one of "
-                                 f"{', '.join(MOTIONS)}), or give a prompt this model's camera head reads as one")
+                                 f"{', '.join(MOTIONS)}), or give a prompt that asks for one")
         return strength, move
 
     def camera_caption(self, prompt: str, reading: CameraReading | None = None) -> str | None:
