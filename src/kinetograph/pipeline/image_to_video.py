@@ -53,6 +53,7 @@ CAMERA_NAMED_MIN = 0.5
 # has none (SVD's presets).
 CAMERA_PRIOR_STRENGTH = 0.5
 
+
 @dataclass(frozen=True)
 class CameraReading:
     """What a camera head reads in a prompt: each move's probability (`probs`, summing to 1) and,
