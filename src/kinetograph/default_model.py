@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from kinetograph.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is loaded only when the camera reader is
+    import torch
 
 NAME = "kinetograph-mini256"
 PATH = Path(__file__).resolve().parent / "models" / "assets" / f"{NAME}.safetensors"
@@ -64,6 +66,7 @@ def default_checkpoint(verify: bool = True) -> Path:
 def camera_reader_layers() -> tuple[torch.nn.Linear, torch.nn.Linear]:
     """The default model's camera head and camera gate (models/unet.py), float32, read alone from
     its file: what lets models without a head of their own take a camera move from the prompt."""
+    import torch
     from safetensors import safe_open
 
     path = default_checkpoint()

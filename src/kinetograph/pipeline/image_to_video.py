@@ -62,6 +62,11 @@ class CameraReading:
     probs: dict[str, float]
     named: float = 1.0  # 1 without a gate: every prompt is read as some move
 
+    @staticmethod
+    def of(logits: torch.Tensor, named: torch.Tensor) -> CameraReading:
+        """From a head's (1, moves) logits and a gate's (1, 1) probability."""
+        return CameraReading(dict(zip(MOTIONS, logits.float().softmax(dim=-1)[0].tolist())), float(named[0, 0]))
+
     @property
     def move(self) -> str:
         return max(self.probs, key=self.probs.__getitem__)
@@ -342,13 +347,9 @@ class ImageToVideo:
         unet = self.model.unet
         if unet.camera_head is None or not prompt:
             return None
-        from kinetograph.data.camera_motion import MOTIONS
-
         with torch.no_grad():
             pooled = self.get_text_encoder().encode([prompt]).pooled.to(self.device)
-            probs = unet.camera_logits(pooled).float().softmax(dim=-1)[0].tolist()
-            named = float(unet.camera_named(pooled)[0, 0])
-        return CameraReading(dict(zip(MOTIONS, probs)), named)
+            return CameraReading.of(unet.camera_logits(pooled), unet.camera_named(pooled))
 
     def camera_move(self, prompt: str, reading: CameraReading | None = None) -> str | None:
         """The move `prompt` asks for as the camera head reads it (or gave as `reading`, from
@@ -369,10 +370,8 @@ class ImageToVideo:
             self._borrowed_reader = (load_text_encoder(MINILM_NAME), *camera_reader_layers())
         encoder, head, gate = self._borrowed_reader
         with torch.no_grad():
-            x = torch.nn.functional.normalize(encoder.encode([prompt]).pooled.float(), dim=-1)
-            probs = head(x).softmax(dim=-1)[0].tolist()
-            named = float(torch.sigmoid(gate(x))[0, 0])
-        return CameraReading(dict(zip(MOTIONS, probs)), named)
+            x = torch.nn.functional.normalize(encoder.encode([prompt]).pooled.float(), dim=-1)  # as UNet.camera_logits
+            return CameraReading.of(head(x), torch.sigmoid(gate(x)))
 
     def camera_prior_plan(
         self, prompt: str, move: str | None, strength: float | None, reading: CameraReading | None = None
