@@ -140,7 +140,7 @@ def generate(
     _check_output(output)
     from tqdm import tqdm
 
-    from kinetograph.pipeline.image_to_video import CAMERA_NAMED_MIN, ImageToVideo
+    from kinetograph.pipeline.image_to_video import ImageToVideo
     from kinetograph.pipeline.preprocess import check_size
 
     if camera_move is not None:  # fail before loading gigabytes of weights
@@ -160,29 +160,9 @@ def generate(
         checkpoint, device=dev, dtype=_dtype(dtype), preset=preset, allow_pickle=allow_pickle, text_encoder=text_encoder
     )
     typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {dev} in {time.perf_counter() - t0:.1f}s", err=True)
-    reading = pipe.camera_reading(prompt or "")
-    if reading:  # models with a camera head: say which move the prompt reads as, and what is sampled
-        caption = pipe.camera_caption(prompt, reading) if camera_prompt is None or camera_prompt else None
-        used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
-        move = reading.move.replace("_", " ")
-        if reading.asked:
-            read = f"reads as {move} ({reading.p:.0%})"
-        elif reading.named < CAMERA_NAMED_MIN:
-            read = f"names no camera move ({1 - reading.named:.0%} sure)"
-        else:
-            read = f"names no move clearly (at most {reading.p:.0%} {move})"
-        typer.echo(f"camera: the prompt {read}{used}", err=True)
-        prompt, camera_prompt = caption or prompt, False  # decided here: the pipeline reads it no more
-    strength, move = pipe.camera_prior_plan(prompt or "", camera_move, camera_prior)
-    if strength:
-        # A model without a camera head takes the move from the default model's head and gate.
-        source = " (read in the prompt by the default model's camera head)" \
-            if camera_move is None and pipe.model.unet.camera_head is None else ""
-        typer.echo(f"camera prior: the image moved by {move.replace('_', ' ')}{source}, sampled from {strength:.0%} "
-                   "of the way down the noise schedule", err=True)
-    elif camera_prior is None and pipe.preset.sampling.camera_prior:
-        typer.echo("camera prior: off, the prompt names no camera move the head reads (--camera-move names one)",
-                   err=True)
+    lines, prompt, camera_prompt = pipe.camera_report(prompt, camera_prompt, camera_move, camera_prior)
+    for line in lines:
+        typer.echo(line, err=True)
     bars: list[tqdm] = []  # created at the first step, so an early error prints no empty bar
 
     def progress(step: int, total: int) -> None:
@@ -304,6 +284,63 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or dif
     for name in ("unet", "vae", "image_encoder"):
         n = sum(p.numel() for p in getattr(loaded.model, name).parameters())
         typer.echo(f"{name}: {n:,} parameters")
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", help="The model every job uses; default: the shipped default model."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where jobs, uploads and videos are kept (docs/server.md).")
+    ] = Path("outputs/server"),
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload accepted.")] = 25.0,
+) -> None:
+    """Serve the web UI: upload an image, queue jobs that persist across restarts, watch and download videos."""
+    import logging
+    import socket
+
+    try:
+        import uvicorn
+
+        from kinetograph.server.app import create_app
+        from kinetograph.server.jobs import JobQueue, Limits, Runner
+    except ImportError as e:
+        raise InputError(f"the web server needs {e.name}: pip install 'kinetograph[server]'") from None
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; pick one in 1..65535")
+    if not 0 < max_upload_mb <= 1024:
+        raise InputError(f"--max-upload-mb {max_upload_mb:g} must be in (0, 1024]")
+    try:  # say so now rather than after loading the model
+        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --host or --port") from None
+    if checkpoint is None:
+        from kinetograph.default_model import default_checkpoint
+
+        checkpoint = default_checkpoint()
+    runner = Runner(checkpoint, _device(device))
+    t0 = time.perf_counter()
+    pipe = runner.pipeline()  # a bad checkpoint fails here, in one line, not at the first job
+    typer.echo(f"loaded {checkpoint} ({pipe.preset.name}) on {pipe.device} in {time.perf_counter() - t0:.1f}s",
+               err=True)
+    queue = JobQueue(data_dir, runner, Limits(max_upload_bytes=int(max_upload_mb * 2**20)))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: the server has no login; anyone who can reach {host}:{port} can run jobs", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"kinetograph web UI: http://{shown}:{port}/  (jobs in {queue.root}; Ctrl+C stops)")
+    handler = logging.StreamHandler()  # one line per job event: running, done, failed, re-queued
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("kinetograph.server").addHandler(handler)
+    logging.getLogger("kinetograph.server").setLevel(logging.INFO)
+    # On IPv4 loopback, answer only its own names: a web page cannot rebind another name to it.
+    allowed = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None
+    uvicorn.run(create_app(queue, allowed_hosts=allowed), host=host, port=port, log_level="warning")
 
 
 def _make_generate_fn(checkpoint: Path, settings: dict | None = None):

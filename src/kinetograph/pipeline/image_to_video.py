@@ -227,7 +227,7 @@ class ImageToVideo:
         aug = d.noise_aug_strength if noise_aug_strength is None else noise_aug_strength
         chunk = decode_chunk_size or d.decode_chunk_size
         pin = d.pin_first_frame if pin_first_frame is None else pin_first_frame
-        self._check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
+        self.check_args(height, width, num_frames, steps, fps, motion, aug, chunk, sampler, guidance_ramp, output_type)
         reading = self.camera_reading(prompt or "")  # read once: it sets both the prior's move and the caption
         camera_prior, camera_move = self.camera_prior_plan(prompt or "", camera_move, camera_prior, reading)
         first = start_index(camera_prior, steps)
@@ -409,6 +409,38 @@ class ImageToVideo:
         move = self.camera_move(prompt, reading)
         return CANONICAL_CAPTIONS[move] if move else None
 
+    def camera_report(self, prompt: str | None, camera_prompt: bool | None, camera_move: str | None,
+                      camera_prior: float | None) -> tuple[list[str], str | None, bool | None]:
+        """What the camera will do, in the lines `kinetograph generate` prints and a web job shows:
+        the move a camera head reads in `prompt` and the wording sampled with, and the camera
+        prior's plan. Returns those lines, and the prompt and `camera_prompt` to call with: the
+        reading is decided here, so `__call__` reads the prompt no more."""
+        lines = []
+        reading = self.camera_reading(prompt or "")
+        if reading:  # models with a camera head: say which move the prompt reads as, and what is sampled
+            caption = self.camera_caption(prompt, reading) if camera_prompt is None or camera_prompt else None
+            used = f"; sampling with {caption!r}" if caption else "; sampling with the prompt as written"
+            move = reading.move.replace("_", " ")
+            if reading.asked:
+                read = f"reads as {move} ({reading.p:.0%})"
+            elif reading.named < CAMERA_NAMED_MIN:
+                read = f"names no camera move ({1 - reading.named:.0%} sure)"
+            else:
+                read = f"names no move clearly (at most {reading.p:.0%} {move})"
+            lines.append(f"camera: the prompt {read}{used}")
+            prompt, camera_prompt = caption or prompt, False
+        strength, move = self.camera_prior_plan(prompt or "", camera_move, camera_prior)
+        if strength:
+            # A model without a camera head takes the move from the default model's head and gate.
+            source = " (read in the prompt by the default model's camera head)" \
+                if camera_move is None and self.model.unet.camera_head is None else ""
+            lines.append(f"camera prior: the image moved by {move.replace('_', ' ')}{source}, sampled from "
+                         f"{strength:.0%} of the way down the noise schedule")
+        elif camera_prior is None and self.preset.sampling.camera_prior:
+            lines.append("camera prior: off: the prompt names no camera move the head reads, and no camera "
+                         "move was named")
+        return lines, prompt, camera_prompt
+
     def steer_condition(self, cond: Cond, prompt: str, negative_prompt: str, strength: float) -> Cond:
         """Official weights + OpenCLIP text tower: the image embedding moved toward the prompt."""
         pooled = self.get_text_encoder().encode([prompt, negative_prompt]).pooled.to(self.device)  # (2, d)
@@ -457,7 +489,9 @@ class ImageToVideo:
         cfg = self.model.cfg
         return cfg.vae.downsample_factor * 2 ** (len(cfg.unet.channel_mult) - 1)
 
-    def _check_args(self, height, width, num_frames, steps, fps, motion, aug, chunk, sampler, ramp, output_type):
+    def check_args(self, height, width, num_frames, steps, fps, motion, aug, chunk, sampler, ramp, output_type):
+        """Refuse `__call__` settings this model cannot sample, in one line naming the fix (the
+        web server checks a job with it before queueing)."""
         check_size(height, width, self.size_multiple)
         if num_frames < 1:
             raise InputError(f"num_frames must be >= 1, got {num_frames}")
