@@ -246,27 +246,29 @@ class JobStore:
     def progress(self, job_id: str, step: int, total: int) -> None:
         self.update(job_id, step=step, total=total, updated=time.time())
 
+    def _state(self, job_id: str) -> str:
+        """The job's state (NotFound if there is none); call with the lock held."""
+        row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return row[0]
+
     def request_cancel(self, job_id: str) -> str:
         """Cancel a queued job now, flag a running one; returns the state it was in."""
         with self._lock, self._db:
-            row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
-            if row[0] == "queued":
+            state = self._state(job_id)
+            if state == "queued":
                 self._db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?",
                                  (time.time(), job_id))
-            elif row[0] == "running":
+            elif state == "running":
                 self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             else:
-                raise Conflict(f"job {job_id} is already {row[0]}; delete it instead")
-            return row[0]
+                raise Conflict(f"job {job_id} is already {state}; delete it instead")
+            return state
 
     def delete(self, job_id: str) -> None:
         with self._lock, self._db:
-            row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
-            if row[0] == "running":
+            if self._state(job_id) == "running":
                 raise Conflict(f"job {job_id} is running; cancel it first (POST /api/jobs/{job_id}/cancel)")
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
